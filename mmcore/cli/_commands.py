@@ -1,0 +1,147 @@
+"""The built-in commands: plugins, assemble, generate, plugin new."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mmcore.errors import MmcoreError
+
+DEFAULT_MANIFEST = "examples/tiny.toml"
+
+
+def add_plugins(sub: Any) -> None:
+    p = sub.add_parser("plugins", help="list installed components and whether they import")
+    p.add_argument("--no-check", action="store_true", help="metadata only; do not check imports")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_plugins)
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    from mmcore.registry import discover_entries, plugin_filter
+    from mmcore.registry._status import check_entries
+
+    entries = discover_entries()
+    enabled = [e for e in entries if plugin_filter(e.distribution) is None]
+    verdicts = check_entries(enabled, refresh=not args.no_check)
+    seen: dict[tuple[str, str], list[str]] = {}
+    for e in enabled:
+        seen.setdefault((e.kind, e.name), []).append(e.distribution)
+    rows = []
+    for e in entries:
+        off = plugin_filter(e.distribution)
+        claimants = seen.get((e.kind, e.name), [])
+        if off:
+            status, reason = "OFF", off
+        elif len(claimants) > 1:
+            status, reason = "CONFLICT", f"also claimed by {', '.join(c for c in claimants if c != e.distribution)}"
+        else:
+            verdict = verdicts.get(e)
+            status = "?" if verdict is None else ("OK" if verdict == "OK" else "FAILED")
+            reason = "" if verdict in (None, "OK") else str(verdict)
+        rows.append({"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version,
+                     "status": status, "reason": reason})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    headers = ["name", "kind", "distribution", "version", "status", "reason"]
+    widths = [max(len(str(r[h])) for r in [dict(zip(headers, headers, strict=True)), *rows]) for h in headers]
+    for row in [dict(zip(headers, headers, strict=True)), *rows]:
+        print("  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    return 0
+
+
+def add_assemble(sub: Any) -> None:
+    p = sub.add_parser("assemble", help="validate a manifest, build it on the meta device, write RUN")
+    p.add_argument("manifest", nargs="?", default=None, help=f"the manifest (default: {DEFAULT_MANIFEST})")
+    p.add_argument("-o", "--output", default=None, help="run directory to write (default: runs/<name>)")
+    p.add_argument("--dry-run", action="store_true", help="check and print the summary; write nothing")
+    p.set_defaults(func=run_assemble)
+
+
+def _default_manifest() -> Path:
+    path = Path(DEFAULT_MANIFEST)
+    if not path.exists():
+        raise MmcoreError(f"no manifest given and {DEFAULT_MANIFEST} is not here; pass a manifest path")
+    return path
+
+
+def run_assemble(args: argparse.Namespace) -> int:
+    import time
+
+    from mmcore.assembly import assemble, summary_table, write_lock
+
+    manifest = Path(args.manifest) if args.manifest else _default_manifest()
+    output = Path(args.output) if args.output else Path("runs") / manifest.stem
+    if not args.dry_run and output.exists() and not output.is_dir():
+        raise MmcoreError(f"-o {output}: exists and is not a directory; choose another run directory")
+    start = time.perf_counter()
+    assembly = assemble(manifest)
+    print(summary_table(assembly))
+    print(f"\nassembled {manifest} on the meta device in {time.perf_counter() - start:.1f}s")
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    lock = write_lock(assembly, output)
+    print(f"wrote {lock}")
+    return 0
+
+
+def add_generate(sub: Any) -> None:
+    p = sub.add_parser("generate", help="answer a prompt about an image with a run's model")
+    p.add_argument("run", help="run directory (from `mmcore assemble` or `mmcore train`)")
+    p.add_argument("--prompt", required=True, help="the question; '<image>' is prepended when absent")
+    p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
+    p.add_argument("--template", default=None, help="chat template (default: the last stage's)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    for image in args.image:
+        if not Path(image).is_file():
+            raise MmcoreError(f"--image {image}: no such file; pass an existing image")
+    import torch
+
+    from mmcore.pipeline import load
+
+    torch.manual_seed(args.seed)
+    pipeline = load(args.run)
+    lock = json.loads((Path(args.run) / "assembly.lock").read_text())
+    template = args.template or (lock["resolved"]["stages"][-1]["template"] if lock["resolved"]["stages"]
+                                 else "vicuna_v1")
+    prompt = args.prompt
+    missing = len(args.image) - prompt.count("<image>")
+    if missing > 0:  # LLaVA puts the image first: "<image>\n" + question
+        prompt = "<image>\n" * missing + prompt
+    sampling = args.temperature > 0
+    answer = pipeline.answer([prompt], [{"image": list(args.image)}] if args.image else None,
+                             template=template, max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                             temperature=args.temperature if sampling else 1.0, top_p=args.top_p)[0]
+    print(answer)
+    return 0
+
+
+def add_plugin_new(sub: Any) -> None:
+    p = sub.add_parser("plugin", help="plugin authoring tools")
+    psub = p.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND", required=True,
+                            parser_class=type(p))
+    new = psub.add_parser("new", help="scaffold a plugin distribution that installs and passes its tests")
+    new.add_argument("name", help="plugin name, e.g. my-projector (distribution mmcore-plugin-NAME)")
+    new.add_argument("--kind", required=True, choices=["encoder", "projector", "head"])
+    new.add_argument("-o", "--output", default=None, help="target directory (default: ./mmcore-plugin-NAME)")
+    new.set_defaults(func=run_plugin_new)
+
+
+def run_plugin_new(args: argparse.Namespace) -> int:
+    from mmcore.cli._scaffold import scaffold
+
+    target = scaffold(args.name, args.kind, Path(args.output) if args.output else None)
+    print(f"created {target}\nnext: pip install -e {target} && pytest {target}", file=sys.stdout)
+    return 0

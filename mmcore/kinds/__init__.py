@@ -1,0 +1,46 @@
+"""The kinds of component mmcore assembles, one base class each (imports torch)."""
+
+from mmcore.kinds._base import BuildContext, Component, ComponentConfig, FeatureSpec
+from mmcore.kinds.dataset import Dataset
+from mmcore.kinds.encoder import Encoder, Features
+from mmcore.kinds.head import Head, HeadConfig, HeadOutput, select_trigger_positions
+from mmcore.kinds.llm import LLM, AttentionSite, LMOutput
+from mmcore.kinds.projector import AdapterProjector, Projector
+from mmcore.kinds.retriever import Retriever
+from mmcore.kinds.sample import Sample, Segment, Turn
+from mmcore.kinds.template import Template
+
+BASE_CLASSES: dict[str, type] = {
+    "encoder": Encoder,
+    "projector": Projector,
+    "llm": LLM,
+    "head": Head,
+    "retriever": Retriever,
+    "dataset": Dataset,
+    "template": Template,
+}
+
+__all__ = [
+    "BASE_CLASSES",
+    "LLM",
+    "AdapterProjector",
+    "AttentionSite",
+    "BuildContext",
+    "Component",
+    "ComponentConfig",
+    "Dataset",
+    "Encoder",
+    "FeatureSpec",
+    "Features",
+    "Head",
+    "HeadConfig",
+    "HeadOutput",
+    "LMOutput",
+    "Projector",
+    "Retriever",
+    "Sample",
+    "Segment",
+    "Template",
+    "Turn",
+    "select_trigger_positions",
+]

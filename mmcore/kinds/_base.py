@@ -1,0 +1,76 @@
+"""What every component shares: a typed pydantic `Config` and a build context from assembly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+__all__ = ["BuildContext", "Component", "ComponentConfig", "FeatureSpec"]
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's config: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Static shape of an encoder's output for one media item, known before any weight exists."""
+
+    dim: int  # C
+    num_tokens: int  # N
+    grid: tuple[int, int] | None = None  # (h, w) with h * w == N, or None (CLS kept, audio, ...)
+    pooled_dim: int | None = None
+    num_levels: int = 1  # > 1 when the encoder returns several layers (D-Abstractor)
+
+
+@dataclass
+class BuildContext:
+    """What assembly hands a constructor: its name, upstream dimensions, tokenizer, device.
+
+    Contract: when `device.type == "meta"` a constructor must not read any weight file; it builds
+    the same module structure so parameters can be counted and dimensions checked.
+    """
+
+    name: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    base_dir: Path = field(default_factory=Path.cwd)  # relative paths in configs resolve here
+    upstream: FeatureSpec | None = None  # projector / retriever: the encoder's output
+    llm_hidden_size: int | None = None  # projector / head: the LLM's width
+    llm_layout: Any = None  # adapter projectors: the LLM's AttentionSites
+    tokenizer: Any = None  # heads and templates that need token ids
+
+    @property
+    def on_meta(self) -> bool:
+        return self.device.type == "meta"
+
+    def path(self, value: str) -> Path:
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+
+class Component(nn.Module):
+    """Base of the torch components (encoder, projector, llm, head, retriever)."""
+
+    kind: ClassVar[str] = "component"
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+
+    def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+        self.name = ctx.name
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """A config small enough for CPU conformance tests (`mmcore.testing`)."""
+        return {}
+
+    def dtype_policy(self) -> torch.dtype | None:
+        """A dtype this component must run in whatever the stage precision (None: follow it)."""
+        return None

@@ -1,0 +1,43 @@
+"""Templates render a conversation into text segments, each marked supervised or not.
+
+The sequence builder tokenizes segments one by one, so labels come from token ids and never from
+re-tokenising a rendered string (LLaVA's "tokenization mismatch").
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+from mmcore.kinds._base import BuildContext, ComponentConfig
+from mmcore.kinds.sample import Segment, Turn
+
+__all__ = ["Template"]
+
+
+class Template:
+    """Base template. `add_bos`: the builder puts the tokenizer's BOS first."""
+
+    kind: ClassVar[str] = "template"
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    add_bos: ClassVar[bool] = True
+
+    def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
+        self.config = config
+        self.name = ctx.name
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def render(self, conversation: list[Turn]) -> list[Segment]:
+        """A whole conversation (for training): assistant replies are the supervised segments."""
+
+    @abstractmethod
+    def generation_prompt(self, conversation: list[Turn]) -> list[Segment]:
+        """A conversation ending with a user turn, rendered up to where the assistant starts."""
+
+    def stop_strings(self) -> list[str]:
+        """Text after which a generated answer ends (besides the tokenizer's EOS)."""
+        return []

@@ -1,0 +1,145 @@
+"""Cross-checks a schema cannot express: projectors keyed by encoders, names, stage references."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mmcore.errors import ManifestError, PluginError, choices_text, did_you_mean
+from mmcore.manifest._locate import line_of
+from mmcore.manifest._schema import Manifest
+
+__all__ = ["check_manifest", "component_names", "load_plugin_files"]
+
+
+def _error(loaded: Any, loc: tuple[str | int, ...], message: str) -> ManifestError:
+    line = line_of(loaded.text, loc)
+    return ManifestError(f"{loaded.path}:{line}: {message}" if line else f"{loaded.path}: {message}")
+
+
+def component_names(manifest: Manifest) -> dict[str, str]:
+    """Qualified component names → kind: 'llm', 'encoders.vision', 'projectors.vision', ..."""
+    model = manifest.model
+    names = {"llm": "llm"}
+    names.update({f"encoders.{n}": "encoder" for n in model.encoders})
+    names.update({f"projectors.{n}": "projector" for n in model.projectors})
+    names.update({f"heads.{n}": "head" for n in model.heads})
+    if model.retriever is not None:
+        names["retriever"] = "retriever"
+    return names
+
+
+def qualify(manifest: Manifest, name: str) -> list[str]:
+    """What a `trainable` / `lr_per_component` entry means: a qualified name, a group, a short name."""
+    names = component_names(manifest)
+    if name in names:
+        return [name]
+    group = [q for q in names if q.startswith(f"{name}.")]
+    if group:
+        return group
+    return [q for q in names if q.split(".")[-1] == name]
+
+
+def _check_model(loaded: Any) -> None:
+    model = loaded.manifest.model
+    for name in model.projectors:
+        if name not in model.encoders:
+            raise _error(loaded, ("model", "projectors", name),
+                         f"[model.projectors.{name}] projects encoder '{name}', which does not exist"
+                         f"{did_you_mean(name, model.encoders)}; a projector's table is named after its "
+                         f"encoder (encoders: {choices_text(model.encoders)})")
+    for name in model.encoders:
+        if name not in model.projectors:
+            raise _error(loaded, ("model", "encoders", name),
+                         f"[model.encoders.{name}] has no projector; add a [model.projectors.{name}] table")
+    owner: dict[str, str] = {}
+    for name, spec in model.encoders.items():
+        for modality in spec.modalities:
+            if modality in owner:
+                raise _error(loaded, ("model", "encoders", name, "modalities"),
+                             f"[model.encoders.{name}] modalities: '{modality}' is already encoded by "
+                             f"'{owner[modality]}'; give each modality one encoder")
+            owner[modality] = name
+    short: dict[str, str] = {}
+    for qualified in component_names(loaded.manifest):
+        base = qualified.split(".")[-1]
+        kind = qualified.split(".")[0]
+        if base in short and short[base] != kind and {kind, short[base]} != {"encoders", "projectors"}:
+            raise _error(loaded, ("model", kind, base),
+                         f"duplicate component name '{base}' in [model.{short[base]}] and [model.{kind}]; "
+                         f"rename one")
+        short.setdefault(base, kind)
+    if model.retriever is not None and model.retriever.encoder not in model.encoders:
+        raise _error(loaded, ("model", "retriever", "encoder"),
+                     f"[model.retriever] encoder: '{model.retriever.encoder}' is not an encoder"
+                     f"{did_you_mean(model.retriever.encoder, model.encoders)}")
+
+
+def _check_stages(loaded: Any) -> None:
+    manifest = loaded.manifest
+    names = list(component_names(manifest))
+    seen: set[str] = set()
+    for index, stage in enumerate(manifest.stages):
+        if stage.name in seen:
+            raise _error(loaded, ("stages", index, "name"),
+                         f"[[stages]] #{index + 1}: duplicate stage name '{stage.name}'; names must be unique")
+        seen.add(stage.name)
+        for field in ("trainable", "lr_per_component"):
+            for entry in getattr(stage, field):
+                if not qualify(manifest, entry):
+                    raise _error(loaded, ("stages", index, field),
+                                 f"[[stages]] '{stage.name}' {field}: no component '{entry}'"
+                                 f"{did_you_mean(entry, names)}; components: {choices_text(names)}")
+        if isinstance(stage.mixture, dict):
+            for dataset in stage.mixture:
+                if dataset not in manifest.data.datasets:
+                    raise _error(loaded, ("stages", index, "mixture"),
+                                 f"[[stages]] '{stage.name}' mixture: no dataset '{dataset}'"
+                                 f"{did_you_mean(dataset, manifest.data.datasets)}; declare it under "
+                                 f"[data.datasets.{dataset}]")
+
+
+def _check_required(loaded: Any) -> None:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    missing = []
+    for index, text in enumerate(loaded.manifest.plugins.required):
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as err:
+            raise _error(loaded, ("plugins", "required"),
+                         f"[plugins] required #{index + 1}: '{text}' is not a requirement ({err})") from None
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(text)
+            continue
+        if version not in requirement.specifier:
+            missing.append(f"{text} (installed {version})")
+    if missing:
+        raise _error(loaded, ("plugins", "required"),
+                     f"[plugins] required: missing required plugins: {', '.join(missing)}; "
+                     f"run `pip install {' '.join(repr(m.split(' (')[0]) for m in missing)}`")
+
+
+def check_manifest(loaded: Any) -> None:
+    _check_model(loaded)
+    _check_stages(loaded)
+    _check_required(loaded)
+
+
+def load_plugin_files(data: dict[str, Any], path: Path, text: str, pm: Any) -> None:
+    """Run the local plugin files named in `[plugins] files` (like conftest.py) and register them."""
+    from mmcore.registry import load_local_plugin
+
+    files = (data.get("plugins") or {}).get("files") or []
+    if not isinstance(files, list):
+        return  # the schema reports the wrong type with its line
+    for index, name in enumerate(files):
+        line = line_of(text, ("plugins", "files"))
+        where = f"{path}:{line}: [plugins] files #{index + 1}" if line else f"{path}: [plugins] files"
+        try:
+            load_local_plugin(pm, path.parent / str(name), where)
+        except PluginError as err:
+            raise ManifestError(str(err)) from err

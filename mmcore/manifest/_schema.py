@@ -1,0 +1,119 @@
+"""The manifest schema (pydantic, unknown keys rejected). Component-specific keys are validated
+later against each component's own `Config`, once assembly has resolved its type."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+__all__ = [
+    "ComponentSpec",
+    "DataSpec",
+    "EncoderSpec",
+    "HeadSpec",
+    "LoraSpec",
+    "Manifest",
+    "ModelSpec",
+    "PluginsSpec",
+    "ProjectorSpec",
+    "RetrieverSpec",
+    "StageSpec",
+]
+
+# Keys of a component table that the core reads; every other key belongs to the component.
+GENERIC_KEYS = {"type", "modalities", "encoder"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentSpec(BaseModel):
+    """`type` plus the component's own options (checked against its Config at assembly)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    type: str
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k not in GENERIC_KEYS}
+
+
+class EncoderSpec(ComponentSpec):
+    modalities: list[str] = Field(default_factory=lambda: ["image"], min_length=1)
+
+
+class ProjectorSpec(ComponentSpec):
+    pass
+
+
+class HeadSpec(ComponentSpec):
+    pass
+
+
+class RetrieverSpec(ComponentSpec):
+    encoder: str
+
+
+class ModelSpec(_Strict):
+    llm: ComponentSpec
+    encoders: dict[str, EncoderSpec] = Field(default_factory=dict)
+    projectors: dict[str, ProjectorSpec] = Field(default_factory=dict)  # keyed by encoder name
+    heads: dict[str, HeadSpec] = Field(default_factory=dict)
+    retriever: RetrieverSpec | None = None
+    max_length: PositiveInt = 2048  # the sequence budget, in tokens
+
+
+class LoraSpec(_Strict):
+    r: PositiveInt = 8
+    alpha: float = 16.0
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # "all-linear": every linear layer of the LLM except its LM head (LLaVA find_all_linear_names)
+    targets: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class DatasetRef(ComponentSpec):
+    pass
+
+
+class DataSpec(_Strict):
+    datasets: dict[str, DatasetRef] = Field(default_factory=dict)
+    num_workers: int = Field(2, ge=0)
+    strict: bool = False  # stop at the first bad record instead of skipping it
+
+
+class StageSpec(_Strict):
+    name: str
+    trainable: list[str] = Field(default_factory=list)  # "llm", "projectors", "projectors.vision", ...
+    lora: LoraSpec | None = None  # LoRA on the LLM through peft
+    bias_norm: bool = False  # also train every bias and norm of the LLM (LLaMA-Adapter)
+    template: str = "plain"
+    mixture: dict[str, float] | Literal["uniform", "per-task", "size-proportional"] = "uniform"
+    epochs: float = Field(1.0, gt=0)
+    max_steps: PositiveInt | None = None
+    lr: float = Field(1e-3, gt=0)
+    lr_per_component: dict[str, float] = Field(default_factory=dict)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    batch_size: PositiveInt = 8  # per device
+    global_batch_size: PositiveInt | None = None  # sets gradient accumulation from the world size
+    gradient_accumulation: PositiveInt = 1
+    grad_clip: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    engine: Literal["single", "ddp", "deepspeed-zero2", "deepspeed-zero3"] = "single"
+    group_by_modality_length: bool = False  # LLaVA's LengthGroupedSampler(group_by_modality=True)
+
+
+class PluginsSpec(_Strict):
+    files: list[str] = Field(default_factory=list)  # local plugin files, run like conftest.py
+    required: list[str] = Field(default_factory=list)  # e.g. "mmcore-plugin-clip>=0.1"
+
+
+class Manifest(_Strict):
+    plugins: PluginsSpec = Field(default_factory=PluginsSpec)
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    stages: list[StageSpec] = Field(default_factory=list)
+    seed: int = 0

@@ -1,0 +1,106 @@
+"""A ready model: `mmcore.load(RUN)` → `Pipeline` (model + preprocessing + sequence builder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mmcore.errors import MmcoreError, SampleError
+from mmcore.kinds import BuildContext, Sample, Template, Turn
+from mmcore.model import MultimodalModel
+from mmcore.sequence import Batch, Encoded, SequenceBuilder, collate
+
+__all__ = ["Pipeline", "load"]
+
+
+class Pipeline:
+    """Turns `Sample`s into batches (one path for training and generation) and answers prompts."""
+
+    def __init__(self, model: MultimodalModel, max_length: int, registry: Any, base_dir: Path) -> None:
+        self.model = model
+        self.tokenizer = model.llm.tokenizer
+        self.builder = SequenceBuilder(self.tokenizer, model.tokens_per_item, max_length)
+        self._registry = registry
+        self._base_dir = base_dir
+        self._templates: dict[str, Template] = {}
+
+    def template(self, name: str) -> Template:
+        if name not in self._templates:
+            cls = self._registry.resolve("template", name).cls
+            self._templates[name] = cls(cls.Config(), BuildContext(name=name, base_dir=self._base_dir))
+        return self._templates[name]
+
+    def preprocess(self, sample: Sample) -> dict[str, list[torch.Tensor]]:
+        """Each media item through its encoder's own preprocessing (runs in data-loader workers)."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for modality, items in sample.media.items():
+            encoder_name = self.model.modality_encoder.get(modality)
+            if encoder_name is None:
+                raise SampleError(f"sample '{sample.id}': no encoder takes '{modality}'")
+            encoder = self.model.encoders[encoder_name]
+            try:
+                out[modality] = [encoder.preprocess(item, modality) for item in items]
+            except (OSError, ValueError) as err:
+                raise SampleError(f"sample '{sample.id}': {modality} item could not be read ({err})") from None
+        return out
+
+    def encode(self, sample: Sample, template: str, train: bool) -> Encoded:
+        tpl = self.template(template)
+        segments = tpl.render(sample.conversation) if train else tpl.generation_prompt(sample.conversation)
+        counts = {m: len(items) for m, items in sample.media.items()}
+        return self.builder.encode(segments, counts, sample.id, add_bos=tpl.add_bos, train=train)
+
+    def batch(self, samples: list[Sample], template: str, train: bool) -> Batch:
+        """Samples → a Batch: right padding for training, left padding for generation."""
+        side: Literal["left", "right"] = "right" if train else "left"
+        encoded = [self.encode(s, template, train) for s in samples]
+        media = [self.preprocess(s) for s in samples]
+        return collate(self.builder, encoded, media, self.model.modality_order, side,
+                       [s.targets for s in samples])
+
+    def answer(self, prompts: list[str], media: list[dict[str, list[Any]]] | None = None,
+               template: str = "vicuna_v1", **generation: Any) -> list[str]:
+        """Batched answers to `prompts` (each may hold placeholders for its `media` items)."""
+        media = media or [{} for _ in prompts]
+        samples = [Sample(id=f"prompt-{i}", conversation=[Turn("user", p)], media=m)
+                   for i, (p, m) in enumerate(zip(prompts, media, strict=True))]
+        batch = self.batch(samples, template, train=False).to(self.device)
+        new_tokens = self.model.generate(batch, **generation)
+        stops = self.template(template).stop_strings()
+        answers = []
+        for row in new_tokens.tolist():
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            for stop in stops:
+                text = text.split(stop)[0]
+            answers.append(text.strip())
+        return answers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Pipeline:
+    """Rebuild a run's model with real weights: its sources, then `RUN/weights/*.safetensors`."""
+    from mmcore.assembly import assemble
+    from mmcore.checkpoint import load_component_weights
+
+    run = Path(run_dir)
+    lock_path = run / "assembly.lock"
+    if not lock_path.exists():
+        raise MmcoreError(f"{run}: no assembly.lock here; run `mmcore assemble MANIFEST -o {run}` first")
+    try:
+        lock = json.loads(lock_path.read_text())
+    except ValueError as err:
+        raise MmcoreError(f"{lock_path}: corrupt ({err}); re-run `mmcore assemble`") from None
+    assembly = assemble(run / "manifest.toml", device="cpu", base_dir=Path(lock["base_dir"]))
+    model = assembly.model
+    modules = {"llm": model.llm, **{f"encoders.{n}": m for n, m in model.encoders.items()},
+               **{f"projectors.{n}": m for n, m in model.projectors.items()},
+               **{f"heads.{n}": m for n, m in model.heads.items()}}
+    load_component_weights(modules, run / "weights")
+    model.to(device).eval()
+    return Pipeline(model, assembly.loaded.manifest.model.max_length, assembly.registry, assembly.loaded.base_dir)

@@ -1,0 +1,35 @@
+"""The component kinds and their entry-point groups (data only, no imports)."""
+
+from __future__ import annotations
+
+KINDS: tuple[str, ...] = ("encoder", "projector", "llm", "head", "retriever", "dataset", "template")
+GROUPS: dict[str, str] = {kind: f"mmcore.{kind}s" for kind in KINDS}
+HOOKS_GROUP = "mmcore.plugins"
+
+# The core API version plugins declare as `MMCORE_API = 1` in their top-level package.
+API_VERSION = 1
+
+# First-party components and the distribution that provides each, so an unknown `type` can say
+# what to `pip install`. Third-party names are found through the installed entry points instead.
+KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
+    "encoder": {
+        "clip": "mmcore-plugin-clip",
+        "eva": "mmcore-plugin-eva",
+        "imagebind": "mmcore-plugin-imagebind",
+    },
+    "projector": {
+        "linear": "mmcore-plugin-mlp",
+        "mlp": "mmcore-plugin-mlp",
+        "identity": "mmcore-plugin-mlp",
+        "c-abstractor": "mmcore-plugin-c-abstractor",
+        "d-abstractor": "mmcore-plugin-d-abstractor",
+        "resampler": "mmcore-plugin-resampler",
+        "concat-linear": "mmcore-plugin-concat-linear",
+        "bind-network": "mmcore-plugin-bind-network",
+    },
+    "llm": {"hf-causal-lm": "mmcore"},
+    "head": {"sam-mask": "mmcore-plugin-sam", "box-decoder": "mmcore-plugin-box-decoder"},
+    "retriever": {"cache": "mmcore-plugin-cache"},
+    "dataset": {"llava-json": "mmcore", "synthetic-shapes": "mmcore"},
+    "template": {"plain": "mmcore", "vicuna_v1": "mmcore", "llama2": "mmcore", "honeybee": "mmcore"},
+}

@@ -1,0 +1,144 @@
+"""`clip`: a transformers `CLIPVisionModel` as an mmcore encoder.
+
+LLaVA-1.5 (upstream-systems.md §1.1, §1.4): features are `hidden_states[select_layer]` with
+`select_layer = -2`; `select_feature = "patch"` drops CLS (`[:, 1:]`), `"cls_patch"` keeps it;
+finetuning pads images to a centred square filled with the CLIP mean colour before the processor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import field_validator, model_validator
+
+from mmcore.errors import MmcoreError
+from mmcore.kinds import BuildContext, ComponentConfig, Encoder, Features, FeatureSpec
+from mmcore.sources import resolve_source
+
+__all__ = ["ClipEncoder", "ClipEncoderConfig", "expand_to_square"]
+
+# OpenAI CLIP normalisation (transformers OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipEncoderConfig(ComponentConfig):
+    source: str | None = None  # save_pretrained directory, preset ("openai/clip-vit-large-patch14-336") or hub id
+    config: dict[str, Any] | None = None  # or: CLIPVisionConfig kwargs, random init
+    init: Literal["pretrained", "random"] = "pretrained"
+    select_layer: int = -2  # LLaVA-1.5 `--mm_vision_select_layer -2`
+    select_feature: Literal["patch", "cls_patch"] = "patch"
+    image_aspect_ratio: Literal["pad", "square"] = "pad"  # "square": processor only (LLaVA pretraining)
+    pad_color: Literal["mean"] | tuple[int, int, int] = "mean"  # u-LLaVA pads with (255, 255, 255)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClipEncoderConfig:
+        if (self.source is None) == (self.config is None):
+            raise ValueError("give exactly one of `source` (path, preset or hub id) and `config` (a table)")
+        return self
+
+    @field_validator("select_layer")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("select_layer 0 is the patch embedding, not a transformer layer; use -1 or -2")
+        return value
+
+
+def expand_to_square(image: Any, color: tuple[int, int, int]) -> Any:
+    """LLaVA `expand2square`: paste the image centred on a square canvas of `color`."""
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), color)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+class ClipEncoder(Encoder):
+    """CLIP ViT vision tower; `self.vision` keeps transformers' module names."""
+
+    Config: ClassVar[type[ComponentConfig]] = ClipEncoderConfig
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
+
+    def __init__(self, config: ClipEncoderConfig, ctx: BuildContext) -> None:
+        super().__init__(config, ctx)
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        source = resolve_source(config.source, ctx.base_dir) if config.source else None
+        options = dict(source.config if source else config.config or {})
+        options = dict(options.get("vision_config", options))  # a full CLIPModel config.json works too
+        options.pop("model_type", None)
+        hf_config = CLIPVisionConfig(**options)
+        layers = hf_config.num_hidden_layers
+        if not -layers - 1 <= config.select_layer <= layers:
+            raise MmcoreError(f"select_layer {config.select_layer} is outside the {layers} layers of this "
+                              f"CLIP; use a value in -{layers}..-1")
+        if source is not None and config.init == "pretrained" and not ctx.on_meta:
+            if source.path is None:
+                raise MmcoreError(f"encoder source '{config.source}': weights are not on this machine (only "
+                                  f"its preset config is); download them, or set init = \"random\"")
+            self.vision = CLIPVisionModel.from_pretrained(str(source.path), dtype=torch.float32)
+        else:
+            with ctx.device:
+                self.vision = CLIPVisionModel(hf_config)
+        self.image_size = int(hf_config.image_size)
+        self.patch_size = int(hf_config.patch_size)
+        self._processor_dir: Path | None = source.path if source else None
+        self._processor: Any = None
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        return {"config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "image_size": 28, "patch_size": 14}}
+
+    @property
+    def output_spec(self) -> FeatureSpec:
+        side = self.image_size // self.patch_size
+        keep_cls = self.config.select_feature == "cls_patch"
+        return FeatureSpec(dim=int(self.vision.config.hidden_size), num_tokens=side * side + int(keep_cls),
+                           grid=None if keep_cls else (side, side))
+
+    def input_shape(self, modality: str) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    # --- preprocessing (data-loader workers) -----------------------------------------------------
+    @property
+    def processor(self) -> Any:
+        if self._processor is None:
+            from transformers import CLIPImageProcessor
+
+            saved = self._processor_dir and (self._processor_dir / "preprocessor_config.json").exists()
+            self._processor = (CLIPImageProcessor.from_pretrained(str(self._processor_dir)) if saved else
+                               CLIPImageProcessor(size={"shortest_edge": self.image_size},
+                                                  crop_size={"height": self.image_size, "width": self.image_size},
+                                                  image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)))
+        return self._processor
+
+    def preprocess(self, item: Any, modality: str) -> torch.Tensor:
+        from PIL import Image
+
+        image = Image.open(item) if isinstance(item, (str, Path)) else item
+        image = image.convert("RGB")
+        if self.config.image_aspect_ratio == "pad":
+            color = self.config.pad_color
+            if color == "mean":  # LLaVA: tuple(int(x * 255) for x in processor.image_mean)
+                color = tuple(int(x * 255) for x in self.processor.image_mean)
+            image = expand_to_square(image, tuple(color))
+        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixels  # (3, S, S)
+
+    # --- forward ---------------------------------------------------------------------------------
+    def forward(self, media: torch.Tensor, modality: str) -> Features:
+        dtype = self.vision.dtype
+        out = self.vision(pixel_values=media.to(dtype), output_hidden_states=True)
+        tokens = out.hidden_states[self.config.select_layer]  # (B, 1 + N, C)
+        pooled = tokens[:, 0]
+        if self.config.select_feature == "patch":
+            tokens = tokens[:, 1:]  # (B, N, C) CLS dropped
+        return Features(tokens=tokens, grid=self.output_spec.grid, pooled=pooled)
