@@ -103,4 +103,4 @@ def load(run_dir: str | Path, device: str = "cpu") -> Pipeline:
                **{f"heads.{n}": m for n, m in model.heads.items()}}
     load_component_weights(modules, run / "weights")
     model.to(device).eval()
-    return Pipeline(model, assembly.loaded.manifest.model.max_length, assembly.registry, assembly.loaded.base_dir)
+    return Pipeline(model, assembly.max_length, assembly.registry, assembly.loaded.base_dir)

@@ -29,6 +29,7 @@ class Assembly:
     resolved: dict[str, Resolved]  # qualified name → class and distribution
     configs: dict[str, ComponentConfig]  # qualified name → validated config (defaults filled in)
     parameters: dict[str, int]  # qualified name → parameter count
+    max_length: int = 2048  # the sequence budget in effect
     trainable: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → name → count
     registry: Registry | None = None
     pm: Any = None
@@ -92,23 +93,26 @@ def _build_heads(loaded: LoadedManifest, registry: Registry, device: torch.devic
         parts["retriever"] = build_component(site, registry, "retriever", retriever, ctx)
 
 
-def _check_budget(loaded: LoadedManifest, model: MultimodalModel) -> None:
-    spec = loaded.manifest.model
+def _check_budget(loaded: LoadedManifest, model: MultimodalModel) -> int:
+    """The sequence budget in effect; an error when it exceeds the LLM or cannot hold one item."""
+    positions = model.llm.max_position_embeddings
+    max_length = loaded.manifest.model.max_length or min(2048, positions)  # LLaVA model_max_length 2048
     site = ComponentSite(loaded, ("model",))
-    if spec.max_length > model.llm.max_position_embeddings:
-        raise site.error(f"is {spec.max_length}, above the LLM's max_position_embeddings "
-                         f"{model.llm.max_position_embeddings}; lower it", "max_length")
+    if max_length > positions:
+        raise site.error(f"is {max_length}, above the LLM's max_position_embeddings {positions}; lower it",
+                         "max_length")
     for modality, tokens in model.tokens_per_item.items():
-        if tokens >= spec.max_length:
-            raise site.error(f"is {spec.max_length}, but one {modality} item alone takes {tokens} tokens; "
+        if tokens >= max_length:
+            raise site.error(f"is {max_length}, but one {modality} item alone takes {tokens} tokens; "
                              f"raise max_length or use a projector with fewer tokens", "max_length")
+    return max_length
 
 
 def _check_stages(loaded: LoadedManifest, registry: Registry, assembly: Assembly) -> None:
     modules = {name: part for name, part in _named_modules(assembly.model).items()}
     targets = assembly.model.llm.lora_target_names()
     for index, stage in enumerate(loaded.manifest.stages):
-        site = ComponentSite(loaded, ("stages", index))  # type: ignore[arg-type]
+        site = ComponentSite(loaded, ("stages", index))
         if stage.template not in registry.names("template"):
             raise unknown_template(site, registry, stage.template)
         try:
@@ -152,10 +156,11 @@ def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | to
     )
     if pm is not None:
         pm.hook.mmcore_model_assembled(model=model, manifest=loaded.manifest)
-    _check_budget(loaded, model)
+    max_length = _check_budget(loaded, model)
     assembly = Assembly(loaded, model, {q: p[1] for q, p in parts.items()},
                         {q: p[0].config for q, p in parts.items()},
-                        {q: count(m) for q, m in _named_modules(model).items()}, registry=registry, pm=pm)
+                        {q: count(m) for q, m in _named_modules(model).items()}, max_length=max_length,
+                        registry=registry, pm=pm)
     _check_stages(loaded, registry, assembly)
     return assembly
 

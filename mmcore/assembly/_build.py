@@ -18,7 +18,7 @@ __all__ = ["ComponentSite", "build_component", "validate_options"]
 class ComponentSite:
     """Where a component sits in the manifest, for error messages: `file:line: [table] ...`."""
 
-    def __init__(self, loaded: LoadedManifest, table: tuple[str, ...]) -> None:
+    def __init__(self, loaded: LoadedManifest, table: tuple[str | int, ...]) -> None:
         self.loaded = loaded
         self.table = table
 
@@ -26,7 +26,11 @@ class ComponentSite:
         loc = (*self.table, key) if key else self.table
         line = line_of(self.loaded.text, loc)
         place = f"{self.loaded.path}:{line}" if line else str(self.loaded.path)
-        return f"{place}: [{'.'.join(self.table)}]" + (f" {key}" if key else "")
+        if len(self.table) == 2 and isinstance(self.table[1], int):  # an array of tables: [[stages]] #2
+            table = f"[[{self.table[0]}]] #{self.table[1] + 1}"
+        else:
+            table = f"[{'.'.join(str(p) for p in self.table)}]"
+        return f"{place}: {table}" + (f" {key}" if key else "")
 
     def error(self, message: str, key: str | None = None) -> ManifestError:
         return ManifestError(f"{self.where(key)} {message}")

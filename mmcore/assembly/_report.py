@@ -21,7 +21,7 @@ def _resolved_model(assembly: Assembly) -> dict[str, Any]:
     def full(name: str, generic: dict[str, Any]) -> dict[str, Any]:
         return {**generic, **assembly.configs[name].model_dump(mode="json")}
 
-    model: dict[str, Any] = {"max_length": spec.max_length, "llm": full("llm", {"type": spec.llm.type})}
+    model: dict[str, Any] = {"max_length": assembly.max_length, "llm": full("llm", {"type": spec.llm.type})}
     model["encoders"] = {n: full(f"encoders.{n}", {"type": s.type, "modalities": s.modalities})
                          for n, s in spec.encoders.items()}
     model["projectors"] = {n: full(f"projectors.{n}", {"type": s.type}) for n, s in spec.projectors.items()}

@@ -71,6 +71,11 @@ class Component(nn.Module):
         """A config small enough for CPU conformance tests (`mmcore.testing`)."""
         return {}
 
+    @classmethod
+    def tiny_wiring(cls) -> dict[str, Any]:
+        """BuildContext fields to override in conformance tests (e.g. an LLM width equal to the input)."""
+        return {}
+
     def dtype_policy(self) -> torch.dtype | None:
         """A dtype this component must run in whatever the stage precision (None: follow it)."""
         return None

@@ -61,7 +61,7 @@ class ModelSpec(_Strict):
     projectors: dict[str, ProjectorSpec] = Field(default_factory=dict)  # keyed by encoder name
     heads: dict[str, HeadSpec] = Field(default_factory=dict)
     retriever: RetrieverSpec | None = None
-    max_length: PositiveInt = 2048  # the sequence budget, in tokens
+    max_length: PositiveInt | None = None  # the sequence budget; default min(2048, the LLM's positions)
 
 
 class LoraSpec(_Strict):

@@ -57,6 +57,10 @@ class LinearProjector(_TokenwiseProjector):
 
 
 class IdentityProjector(_TokenwiseProjector):
+    @classmethod
+    def tiny_wiring(cls) -> dict[str, Any]:
+        return {"llm_hidden_size": 32}  # identity needs the LLM width to equal the encoder width
+
     def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
         if self.input_spec.dim != self.output_dim:

@@ -1,0 +1,7 @@
+"""The mmcore conformance suite over the core's own built-in components."""
+
+from mmcore.testing import ConformanceSuite
+
+
+class TestBuiltinConformance(ConformanceSuite):
+    distribution = "mmcore"
