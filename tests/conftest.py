@@ -41,7 +41,7 @@ TINY_MODEL = """
 seed = 0
 
 [model]
-max_length = 128
+max_length = 256
 
 [model.llm]
 type = "hf-causal-lm"
@@ -78,6 +78,12 @@ def write_manifest(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def tiny_model_text(tiny_dirs: dict[str, Path]) -> str:
+    """The tiny manifest's TOML text, over the saved tiny models."""
+    return TINY_MODEL.format(llama=tiny_dirs["llama"], clip=tiny_dirs["clip"])
 
 
 @pytest.fixture
