@@ -1,4 +1,5 @@
 """Bad manifests: each exits 2 with one line naming the culprit, and writes nothing."""
+# ruff: noqa: E501  (TOML fixtures keep their inline tables on one line)
 
 from __future__ import annotations
 
