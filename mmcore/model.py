@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ class MultimodalModel(nn.Module):
 
     @property
     def tokens_per_item(self) -> dict[str, int]:
-        return {m: int(self.projectors[e].num_tokens) for m, e in self.modality_encoder.items()}
+        return {m: int(cast(Projector, self.projectors[e]).num_tokens) for m, e in self.modality_encoder.items()}
 
     # --- adapter mode ----------------------------------------------------------------------------
     def _wire_adapters(self) -> None:
@@ -108,7 +108,7 @@ class MultimodalModel(nn.Module):
             if modality not in batch.media:
                 continue
             name = self.modality_encoder[modality]
-            projector = self.projectors[name]
+            projector = cast(Projector, self.projectors[name])
             projected = projector(self._encode(modality, batch.media[modality]))  # (N_m, M, D)
             if isinstance(projector, AdapterProjector):
                 summed = projected.new_zeros((batch_size, *projected.shape[1:]))
@@ -139,7 +139,8 @@ class MultimodalModel(nn.Module):
         supervised = bool((batch.labels != IGNORE_INDEX).any())
         loss = lm = lm_loss(out.logits, batch.labels) if supervised else None
         head_losses, head_outputs = {}, {}
-        for name, head in self.heads.items():
+        for name, module in self.heads.items():
+            head = cast(Head, module)
             positions = head.positions(batch.input_ids)  # (B, L) bool
             rows = positions.nonzero()[:, 0]
             result = head(out.hidden_states[positions], rows, batch.media, batch.targets)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
 from mmcore.errors import MmcoreError, SampleError
-from mmcore.kinds import BuildContext, Sample, Template, Turn
+from mmcore.kinds import BuildContext, Encoder, Sample, Template, Turn
 from mmcore.model import MultimodalModel
 from mmcore.sequence import Batch, Encoded, SequenceBuilder, collate
 
@@ -40,7 +40,7 @@ class Pipeline:
             encoder_name = self.model.modality_encoder.get(modality)
             if encoder_name is None:
                 raise SampleError(f"sample '{sample.id}': no encoder takes '{modality}'")
-            encoder = self.model.encoders[encoder_name]
+            encoder = cast(Encoder, self.model.encoders[encoder_name])
             try:
                 out[modality] = [encoder.preprocess(item, modality) for item in items]
             except (OSError, ValueError) as err:

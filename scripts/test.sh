@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check mmcore plugins tests benchmarks
+.venv/bin/mypy mmcore plugins/encoders/clip/mmcore_plugin_clip plugins/projectors/mlp/mmcore_plugin_mlp
 .venv/bin/python -m pytest -q

@@ -66,7 +66,7 @@ def _build_projectors(loaded: LoadedManifest, registry: Registry, device: torch.
     for name, spec in loaded.manifest.model.projectors.items():
         site = ComponentSite(loaded, ("model", "projectors", name))
         upstream = parts[f"encoders.{name}"][0].output_spec
-        cls = registry.resolve("projector", spec.type, where=site.where("type")).cls
+        cls: Any = registry.resolve("projector", spec.type, where=site.where("type")).cls
         if cls.requires_grid and upstream.grid is None:
             raise site.error(f"'{spec.type}' needs grid-shaped features, but encoder '{name}' reports no "
                              f"grid (for clip: set select_feature = \"patch\" to drop CLS)", "type")

@@ -36,7 +36,7 @@ class ComponentSite:
         return ManifestError(f"{self.where(key)} {message}")
 
 
-def validate_options(site: ComponentSite, cls: type, options: dict[str, Any]) -> ComponentConfig:
+def validate_options(site: ComponentSite, cls: Any, options: dict[str, Any]) -> ComponentConfig:
     """Validate a component's own keys against its `Config`; unknown keys get a did-you-mean."""
     config_cls: type[ComponentConfig] = cls.Config
     try:

@@ -69,6 +69,7 @@ class HFCausalLM(LLM):
     """Wraps `AutoModelForCausalLM`; `self.model` keeps transformers' own module names and keys."""
 
     Config: ClassVar[type[ComponentConfig]] = HFCausalLMConfig
+    model: Any  # a transformers *ForCausalLM
 
     def __init__(self, config: HFCausalLMConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)

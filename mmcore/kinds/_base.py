@@ -60,6 +60,7 @@ class Component(nn.Module):
 
     kind: ClassVar[str] = "component"
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    config: Any  # an instance of `Config` (typed Any so subclasses read their own fields)
 
     def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
         super().__init__()

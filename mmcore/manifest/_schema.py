@@ -112,8 +112,8 @@ class PluginsSpec(_Strict):
 
 
 class Manifest(_Strict):
-    plugins: PluginsSpec = Field(default_factory=PluginsSpec)
+    plugins: PluginsSpec = Field(default_factory=lambda: PluginsSpec())
     model: ModelSpec
-    data: DataSpec = Field(default_factory=DataSpec)
+    data: DataSpec = Field(default_factory=lambda: DataSpec())
     stages: list[StageSpec] = Field(default_factory=list)
     seed: int = 0

@@ -21,11 +21,11 @@ hookimpl = pluggy.HookimplMarker("mmcore")
 
 
 def _trace(pm: pluggy.PluginManager) -> None:
-    def before(name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def before(name: str, impls: Any, kwargs: Any) -> None:
         owners = ", ".join(pm.get_name(i.plugin) or "?" for i in impls)
         print(f"[mmcore hook] {name}({', '.join(kwargs)}) -> [{owners}]", file=sys.stderr)
 
-    def after(outcome: Any, name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def after(outcome: Any, name: str, impls: Any, kwargs: Any) -> None:
         print(f"[mmcore hook] {name} done", file=sys.stderr)
 
     pm.add_hookcall_monitoring(before, after)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,14 +31,14 @@ TEST_LLM_WIDTH = 48
 
 
 def _tiny_llm_sites() -> list[Any]:
-    from mmcore.builtins.hf_llm import HFCausalLM
+    from mmcore.builtins.hf_llm import HFCausalLM, HFCausalLMConfig
 
-    config = HFCausalLM.Config.model_validate(HFCausalLM.tiny_config())
+    config = HFCausalLMConfig.model_validate(HFCausalLM.tiny_config())
     llm = HFCausalLM(config, BuildContext(name="llm"))
     return llm.attention_sites()
 
 
-def build_for_test(kind: str, cls: type, device: str = "cpu", seed: int = 0) -> Any:
+def build_for_test(kind: str, cls: Any, device: str = "cpu", seed: int = 0) -> Any:
     """Build `cls` from its `tiny_config()` with the standard test upstream, seeded."""
     torch.manual_seed(seed)
     config = cls.Config.model_validate(cls.tiny_config())
@@ -76,7 +76,7 @@ def example_forward(kind: str, component: Any, batch_size: int = 2) -> Any:
             assert result.shape == (batch_size, component.num_tokens, component.output_dim), result.shape
         return result
     if isinstance(component, Head):
-        inputs = component.example_inputs(batch_size)  # type: ignore[attr-defined]
+        inputs = cast(Any, component).example_inputs(batch_size)
         return component(*inputs).predictions
     if kind == "llm":
         ids = torch.randint(0, component.vocab_size, (batch_size, 7))
@@ -100,7 +100,7 @@ class ConformanceSuite:
     distribution: str | None = None
 
     @staticmethod
-    def _resolve(component: tuple[str, str]) -> tuple[str, type]:
+    def _resolve(component: tuple[str, str]) -> tuple[str, Any]:
         kind, name = component
         return kind, Registry().resolve(kind, name).cls
 
@@ -127,7 +127,7 @@ class ConformanceSuite:
         params = list(built.parameters())
         assert all(p.is_meta for p in params), "parameters were materialised on the meta device"
 
-    def _check_data_component(self, kind: str, cls: type) -> None:
+    def _check_data_component(self, kind: str, cls: Any) -> None:
         built = cls(cls.Config.model_validate(cls.tiny_config()), BuildContext(name="test"))
         if isinstance(built, Template):
             conversation = [Turn("user", "<image>\nWhat is it?"), Turn("assistant", "A cat.")]

@@ -65,6 +65,7 @@ class ClipEncoder(Encoder):
 
     Config: ClassVar[type[ComponentConfig]] = ClipEncoderConfig
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+    vision: Any  # transformers CLIPVisionModel
 
     def __init__(self, config: ClipEncoderConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
@@ -74,7 +75,7 @@ class ClipEncoder(Encoder):
         options = dict(source.config if source else config.config or {})
         options = dict(options.get("vision_config", options))  # a full CLIPModel config.json works too
         options.pop("model_type", None)
-        hf_config = CLIPVisionConfig(**options)
+        hf_config: Any = CLIPVisionConfig(**options)
         layers = hf_config.num_hidden_layers
         if not -layers - 1 <= config.select_layer <= layers:
             raise MmcoreError(f"select_layer {config.select_layer} is outside the {layers} layers of this "

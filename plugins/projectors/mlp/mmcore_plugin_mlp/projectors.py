@@ -27,6 +27,8 @@ class MlpConfig(ComponentConfig):
 class _TokenwiseProjector(Projector):
     """Projectors that map each input token to one output token."""
 
+    layers: nn.Module
+
     @property
     def num_tokens(self) -> int:
         return self.input_spec.num_tokens
