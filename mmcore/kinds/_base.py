@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-__all__ = ["BuildContext", "Component", "ComponentConfig", "FeatureSpec"]
+__all__ = ["BuildContext", "Component", "ComponentConfig", "DataComponent", "FeatureSpec"]
 
 
 class ComponentConfig(BaseModel):
@@ -80,3 +80,20 @@ class Component(nn.Module):
     def dtype_policy(self) -> torch.dtype | None:
         """A dtype this component must run in whatever the stage precision (None: follow it)."""
         return None
+
+
+class DataComponent:
+    """Base of the components that are not modules (dataset, template): a typed Config and a name."""
+
+    kind: ClassVar[str] = "data"
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    config: Any
+
+    def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
+        self.config = config
+        self.name = ctx.name
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """A config small enough for conformance tests (`mmcore.testing`)."""
+        return {}

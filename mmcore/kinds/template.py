@@ -7,28 +7,19 @@ re-tokenising a rendered string (LLaVA's "tokenization mismatch").
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from mmcore.kinds._base import BuildContext, ComponentConfig
+from mmcore.kinds._base import DataComponent
 from mmcore.kinds.sample import Segment, Turn
 
 __all__ = ["Template"]
 
 
-class Template:
+class Template(DataComponent):
     """Base template. `add_bos`: the builder puts the tokenizer's BOS first."""
 
     kind: ClassVar[str] = "template"
-    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
     add_bos: ClassVar[bool] = True
-
-    def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
-        self.config = config
-        self.name = ctx.name
-
-    @classmethod
-    def tiny_config(cls) -> dict[str, Any]:
-        return {}
 
     @abstractmethod
     def render(self, conversation: list[Turn]) -> list[Segment]:
