@@ -30,7 +30,15 @@ class PluginError(MmcoreError):
 
 
 class SampleError(MmcoreError):
-    """A data record cannot become a training sample (media/placeholder mismatch, too long, ...)."""
+    """A data record cannot become a training sample; `reason` is its counting key.
+
+    Reasons: missing-media, corrupt-media, malformed-record, placeholder-mismatch, over-length,
+    no-supervision, unknown-modality.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed-record") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -30,7 +30,8 @@ class Pipeline:
     def template(self, name: str) -> Template:
         if name not in self._templates:
             cls = self._registry.resolve("template", name).cls
-            self._templates[name] = cls(cls.Config(), BuildContext(name=name, base_dir=self._base_dir))
+            ctx = BuildContext(name=name, base_dir=self._base_dir, tokenizer=self.tokenizer)
+            self._templates[name] = cls(cls.Config(), ctx)
         return self._templates[name]
 
     def preprocess(self, sample: Sample) -> dict[str, list[torch.Tensor]]:
@@ -39,17 +40,24 @@ class Pipeline:
         for modality, items in sample.media.items():
             encoder_name = self.model.modality_encoder.get(modality)
             if encoder_name is None:
-                raise SampleError(f"sample '{sample.id}': no encoder takes '{modality}'")
+                raise SampleError(f"sample '{sample.id}': no encoder takes '{modality}'", "unknown-modality")
             encoder = cast(Encoder, self.model.encoders[encoder_name])
             try:
                 out[modality] = [encoder.preprocess(item, modality) for item in items]
+            except FileNotFoundError as err:
+                raise SampleError(f"sample '{sample.id}': {modality} file missing ({err.filename})",
+                                  "missing-media") from None
             except (OSError, ValueError) as err:
-                raise SampleError(f"sample '{sample.id}': {modality} item could not be read ({err})") from None
+                raise SampleError(f"sample '{sample.id}': {modality} item could not be read ({err})",
+                                  "corrupt-media") from None
         return out
 
     def encode(self, sample: Sample, template: str, train: bool) -> Encoded:
         tpl = self.template(template)
-        segments = tpl.render(sample.conversation) if train else tpl.generation_prompt(sample.conversation)
+        if train:
+            segments = tpl.render(sample.conversation, sample.task)
+        else:
+            segments = tpl.generation_prompt(sample.conversation, sample.task)
         counts = {m: len(items) for m, items in sample.media.items()}
         return self.builder.encode(segments, counts, sample.id, add_bos=tpl.add_bos, train=train)
 

@@ -112,3 +112,41 @@ def test_padding_and_positions(side: str) -> None:
     assert batch.media_token_index[0, first : first + 3].tolist() == [0, 1, 2]
     assert batch.media_token_index[1, 1:4].tolist() == [3, 4, 5]
     assert batch.media["image"].shape == (2, 3, 2, 2)
+
+
+def _tpl(cls: type) -> object:
+    return cls(ComponentConfig(), BuildContext(name="t", tokenizer=TOK))
+
+
+def _learned(segments: list[Segment]) -> str:
+    encoded = _builder().encode(segments, {"image": 1}, "s")
+    return TOK.decode([t for t in encoded.labels if t != IGNORE_INDEX])
+
+
+def test_llama2_renders_minigpt_v2() -> None:
+    """llama2: MiniGPT-v2's "[INST] <Img><image></Img> [task] q  [/INST]" + "a</s>"; later turns "<s>[INST] q [/INST]"."""
+    from mmcore.builtins.templates import Llama2Template
+
+    segments = _tpl(Llama2Template).render(CONVERSATION, task="vqa/colour")
+    assert "".join(s.text for s in segments) == (
+        "[INST] <Img><image></Img> [vqa] What colour?  [/INST]Red.</s><s>[INST] And the shape? [/INST]A circle.</s>")
+    assert _learned(segments) == "Red.</s>A circle.</s>"
+
+
+def test_llama2_has_no_tag_for_untagged_tasks() -> None:
+    """LLaVA-style data (no task) gets no task identifier."""
+    from mmcore.builtins.templates import Llama2Template
+
+    text = "".join(s.text for s in _tpl(Llama2Template).render(CONVERSATION[:2]))
+    assert text.startswith("[INST] <Img><image></Img> What colour?  [/INST]")
+
+
+def test_honeybee_renders_human_ai() -> None:
+    """honeybee: system + task instruction, "\\nHuman: <image>\\nHuman: q\\nAI: " masked, "a</s>" learned."""
+    from mmcore.builtins.templates import HoneybeeTemplate
+
+    segments = _tpl(HoneybeeTemplate).render(CONVERSATION[:2], task="vqa/colour")
+    assert "".join(s.text for s in segments) == (
+        "The following is a conversation between a curious human and AI assistant. Answer the question "
+        "using a single word or phrase.\nHuman: <image>\nHuman: What colour?\nAI: Red.</s>")
+    assert _learned(segments) == "Red.</s>"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import ClassVar
 
-from mmcore.kinds._base import DataComponent
+from mmcore.kinds._base import BuildContext, ComponentConfig, DataComponent
 from mmcore.kinds.sample import Segment, Turn
 
 __all__ = ["Template"]
@@ -21,12 +21,19 @@ class Template(DataComponent):
     kind: ClassVar[str] = "template"
     add_bos: ClassVar[bool] = True
 
-    @abstractmethod
-    def render(self, conversation: list[Turn]) -> list[Segment]:
-        """A whole conversation (for training): assistant replies are the supervised segments."""
+    def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
+        super().__init__(config, ctx)
+        tokenizer = ctx.tokenizer
+        self.eos: str = getattr(tokenizer, "eos_token", None) or "</s>"
+        self.bos: str = getattr(tokenizer, "bos_token", None) or "<s>"
 
     @abstractmethod
-    def generation_prompt(self, conversation: list[Turn]) -> list[Segment]:
+    def render(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
+        """A whole conversation (for training): assistant replies are the supervised segments.
+        `task` (e.g. "vqa/colour", "refer") lets templates add task tags or instructions."""
+
+    @abstractmethod
+    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
         """A conversation ending with a user turn, rendered up to where the assistant starts."""
 
     def stop_strings(self) -> list[str]:

@@ -76,7 +76,7 @@ class SequenceBuilder:
                     continue
                 if segment.supervised:
                     raise SampleError(f"sample '{sample_id}': {piece} appears in an assistant reply; "
-                                      f"media placeholders belong in user turns")
+                                      f"media placeholders belong in user turns", "placeholder-mismatch")
                 length = self.tokens_per_item[modality]
                 spans.append((modality, len(ids), length))
                 ids += [self.pad_id] * length  # Contract: labels of media positions are IGNORE
@@ -88,7 +88,7 @@ class SequenceBuilder:
         for modality, count in media_counts.items():
             if count and modality not in self.tokens_per_item:
                 raise SampleError(f"sample '{sample_id}': has {modality} media but no encoder takes "
-                                  f"'{modality}' (encoded: {', '.join(self.tokens_per_item) or 'none'})")
+                                  f"'{modality}' (encoded: {', '.join(self.tokens_per_item) or 'none'})", "unknown-modality")
 
     def _check_counts(self, spans: list[tuple[str, int, int]], media_counts: dict[str, int],
                       sample_id: str) -> None:
@@ -97,7 +97,7 @@ class SequenceBuilder:
             given = media_counts.get(modality, 0)
             if found != given:
                 raise SampleError(f"sample '{sample_id}': {found} {placeholder(modality)} placeholder(s) "
-                                  f"but {given} {modality} item(s); make them match")
+                                  f"but {given} {modality} item(s); make them match", "placeholder-mismatch")
 
     def _truncate(self, encoded: Encoded, train: bool) -> Encoded:
         sid = encoded.sample_id
@@ -105,12 +105,12 @@ class SequenceBuilder:
             media_end = max((start + length for _, start, length in encoded.media_spans), default=0)
             if media_end > self.max_length:
                 raise SampleError(f"sample '{sid}': its media ends at token {media_end}, past max_length "
-                                  f"{self.max_length}; raise [model] max_length or shorten the sample")
+                                  f"{self.max_length}; raise [model] max_length or shorten the sample", "over-length")
             encoded.input_ids = encoded.input_ids[: self.max_length]
             encoded.labels = encoded.labels[: self.max_length]
         if train and all(label == IGNORE_INDEX for label in encoded.labels):
             raise SampleError(f"sample '{sid}': no supervised token within max_length {self.max_length} "
-                              f"(over-length or no assistant reply); it would train on nothing")
+                              f"(over-length or no assistant reply); it would train on nothing", "no-supervision")
         return encoded
 
     def pad(self, batch: list[Encoded], padding_side: Literal["left", "right"]) -> dict[str, Any]:

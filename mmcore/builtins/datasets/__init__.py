@@ -1,0 +1,1 @@
+"""Built-in dataset plugins: `synthetic-shapes` and `llava-json`."""

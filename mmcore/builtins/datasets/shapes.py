@@ -1,0 +1,183 @@
+"""`synthetic-shapes`: procedurally drawn scenes with captions, VQA, referring boxes and masks.
+
+Deterministic: scene `i` of a split depends only on (seed, split, i), so any split size, any worker
+and any world size see the same data. It is the embedded default's data and the regression corpus.
+Tasks: `caption`, `vqa/colour`, `vqa/shape`, `vqa/count`, `vqa/spatial`, `refer`, `mask`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from mmcore.kinds import ComponentConfig, Dataset, Sample, Turn
+
+__all__ = ["COLOURS", "SHAPES", "TASKS", "ShapesConfig", "SyntheticShapes"]
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220),
+    "yellow": (230, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+TASKS = ("caption", "vqa/colour", "vqa/shape", "vqa/count", "vqa/spatial", "refer", "mask")
+_SPLITS = {"train": 0, "val": 1, "test": 2}
+_NUMBERS = ("zero", "one", "two", "three", "four")
+
+
+class ShapesConfig(ComponentConfig):
+    split: Literal["train", "val", "test"] = "train"
+    size: int = Field(1000, ge=1)  # number of scenes; samples = size × len(tasks)
+    seed: int = 0
+    image_size: int = Field(64, ge=16)
+    max_shapes: int = Field(3, ge=1, le=4)
+    tasks: list[str] = Field(default_factory=lambda: list(TASKS))
+    box_format: Literal["honeybee", "minigpt"] = "honeybee"  # text of referring boxes
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, tasks: list[str]) -> list[str]:
+        expanded = [t for wanted in tasks for t in TASKS if t == wanted or t.startswith(f"{wanted}/")]
+        unknown = [w for w in tasks if not any(t == w or t.startswith(f"{w}/") for t in TASKS)]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)} (or 'vqa' for all vqa/*)")
+        return list(dict.fromkeys(expanded))
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    colour: str
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.kind}"
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+def _scene(rng: np.random.Generator, size: int, max_shapes: int) -> list[Shape]:
+    """Up to `max_shapes` non-overlapping shapes with distinct (colour, kind) pairs."""
+    count = int(rng.integers(1, max_shapes + 1))
+    shapes: list[Shape] = []
+    for _ in range(50):
+        if len(shapes) == count:
+            break
+        side = int(rng.integers(size // 4, size // 2))
+        x, y = (int(v) for v in rng.integers(1, size - side - 1, size=2))
+        box = (x, y, x + side, y + side)
+        kind, colour = SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        clash = any(not (box[2] + 2 < s.box[0] or s.box[2] + 2 < box[0] or box[3] + 2 < s.box[1]
+                         or s.box[3] + 2 < box[1]) for s in shapes)
+        if not clash and all((s.kind, s.colour) != (kind, colour) for s in shapes):
+            shapes.append(Shape(kind, colour, box))
+    return shapes
+
+
+def _draw(shapes: list[Shape], size: int, mode: str = "RGB", only: Shape | None = None) -> Any:
+    from PIL import Image, ImageDraw
+
+    image = Image.new(mode, (size, size), (245, 245, 245) if mode == "RGB" else 0)
+    draw = ImageDraw.Draw(image)
+    for shape in shapes:
+        if only is not None and shape != only:
+            continue
+        fill: Any = COLOURS[shape.colour] if mode == "RGB" else 255
+        x1, y1, x2, y2 = shape.box
+        if shape.kind == "circle":
+            draw.ellipse(shape.box, fill=fill)
+        elif shape.kind == "square":
+            draw.rectangle(shape.box, fill=fill)
+        else:
+            draw.polygon([((x1 + x2) / 2, y1), (x2, y2), (x1, y2)], fill=fill)
+    return image
+
+
+def box_text(box: tuple[int, int, int, int], size: int, style: str) -> str:
+    """Honeybee `[x1,y1,x2,y2]` normalised, 3 decimals; MiniGPT-v2 `{<x1><y1><x2><y2>}` in 0–100."""
+    if style == "minigpt":
+        return "{" + "".join(f"<{int(v / size * 100)}>" for v in box) + "}"
+    return "[" + ",".join(f"{v / size:.3f}" for v in box) + "]"
+
+
+def _unique(shapes: list[Shape], rng: np.random.Generator, by: str) -> Shape | None:
+    """A shape whose `by` attribute (kind or colour) no other shape shares, or None."""
+    candidates = [s for s in shapes if sum(getattr(o, by) == getattr(s, by) for o in shapes) == 1]
+    return candidates[int(rng.integers(len(candidates)))] if candidates else None
+
+
+def _vqa(task: str, shapes: list[Shape], rng: np.random.Generator) -> tuple[str, str] | None:
+    if task == "vqa/colour":
+        target = _unique(shapes, rng, "kind")
+        if target is None:
+            return None
+        subject = "the shape" if len(shapes) == 1 else f"the {target.kind}"
+        return f"What colour is {subject}?", target.colour
+    if task == "vqa/shape":
+        target = _unique(shapes, rng, "colour")
+        if target is None:
+            return None
+        subject = "the object" if len(shapes) == 1 else f"the {target.colour} object"
+        return f"What shape is {subject}?", target.kind
+    if task == "vqa/count":
+        return "How many shapes are there?", _NUMBERS[len(shapes)]
+    if len(shapes) < 2:
+        return None
+    a, b = (shapes[int(i)] for i in rng.permutation(len(shapes))[:2])
+    (ax, ay), (bx, by) = a.centre, b.centre
+    if abs(ax - bx) >= abs(ay - by):
+        return f"Is the {a.name} left or right of the {b.name}?", "left" if ax < bx else "right"
+    return f"Is the {a.name} above or below the {b.name}?", "above" if ay < by else "below"
+
+
+class SyntheticShapes(Dataset):
+    """Scenes × tasks; a task that does not fit a scene (e.g. spatial with one shape) falls back to count."""
+
+    Config: ClassVar[type[ComponentConfig]] = ShapesConfig
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        return {"size": 4, "image_size": 32}
+
+    def __len__(self) -> int:
+        return self.config.size * len(self.config.tasks)
+
+    def scene(self, index: int) -> tuple[list[Shape], np.random.Generator]:
+        rng = np.random.default_rng([self.config.seed, _SPLITS[self.config.split], index])
+        return _scene(rng, self.config.image_size, self.config.max_shapes), rng
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        cfg = self.config
+        scene_index, task = divmod(index, len(cfg.tasks))[0], cfg.tasks[index % len(cfg.tasks)]
+        shapes, rng = self.scene(scene_index)
+        image = _draw(shapes, cfg.image_size)
+        sid = f"shapes-{cfg.split}-{scene_index}-{task}"
+        targets: dict[str, Any] = {}
+        if task == "caption":
+            names = [f"{'an' if s.colour[0] in 'aeiou' else 'a'} {s.name}" for s in shapes]
+            text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            question, answer = "Describe the image briefly.", text[0].upper() + text[1:] + "."
+        elif task in ("refer", "mask"):
+            target = shapes[int(rng.integers(len(shapes)))]
+            targets = {"boxes": [list(target.box)],
+                       "masks": [np.asarray(_draw(shapes, cfg.image_size, "L", target)) > 0]}
+            if task == "refer":
+                question = f"Where is the {target.name}? Answer with its bounding box."
+                answer = box_text(target.box, cfg.image_size, cfg.box_format)
+            else:
+                question, answer = f"Segment the {target.name}.", "Sure, [SEG]."
+        else:
+            qa = _vqa(task, shapes, rng)
+            if qa is None:  # e.g. a spatial question about a one-shape scene
+                task, qa = "vqa/count", _vqa("vqa/count", shapes, rng)
+            assert qa is not None  # Contract: counting always applies
+            question, answer = qa
+        conversation = [Turn("user", f"<image>\n{question}"), Turn("assistant", answer)]
+        return Sample(id=sid, conversation=conversation, media={"image": [image]}, targets=targets, task=task)
