@@ -23,13 +23,13 @@ class Pipeline:
         self.model = model
         self.tokenizer = model.llm.tokenizer
         self.builder = SequenceBuilder(self.tokenizer, model.tokens_per_item, max_length)
-        self._registry = registry
+        self.registry = registry
         self._base_dir = base_dir
         self._templates: dict[str, Template] = {}
 
     def template(self, name: str) -> Template:
         if name not in self._templates:
-            cls = self._registry.resolve("template", name).cls
+            cls = self.registry.resolve("template", name).cls
             ctx = BuildContext(name=name, base_dir=self._base_dir, tokenizer=self.tokenizer)
             self._templates[name] = cls(cls.Config(), ctx)
         return self._templates[name]
@@ -76,10 +76,15 @@ class Pipeline:
         samples = [Sample(id=f"prompt-{i}", conversation=[Turn("user", p)], media=m)
                    for i, (p, m) in enumerate(zip(prompts, media, strict=True))]
         batch = self.batch(samples, template, train=False).to(self.device)
-        new_tokens = self.model.generate(batch, **generation)
+        return self.decode(self.model.generate(batch, **generation), template)
+
+    def decode(self, new_tokens: torch.Tensor, template: str) -> list[str]:
+        """Generated ids → answers, cut at the template's stop strings and EOS."""
         stops = self.template(template).stop_strings()
+        eos = self.tokenizer.eos_token_id
         answers = []
         for row in new_tokens.tolist():
+            row = row[: row.index(eos)] if eos in row else row
             text = self.tokenizer.decode(row, skip_special_tokens=True)
             for stop in stops:
                 text = text.split(stop)[0]
@@ -109,6 +114,9 @@ def load(run_dir: str | Path, device: str = "cpu") -> Pipeline:
     modules = {"llm": model.llm, **{f"encoders.{n}": m for n, m in model.encoders.items()},
                **{f"projectors.{n}": m for n, m in model.projectors.items()},
                **{f"heads.{n}": m for n, m in model.heads.items()}}
+    lora = run / "weights" / "lora.json"
+    if lora.exists():
+        model.llm.apply_lora(**json.loads(lora.read_text()))
     load_component_weights(modules, run / "weights")
     model.to(device).eval()
     return Pipeline(model, assembly.max_length, assembly.registry, assembly.loaded.base_dir)

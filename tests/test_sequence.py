@@ -124,7 +124,7 @@ def _learned(segments: list[Segment]) -> str:
 
 
 def test_llama2_renders_minigpt_v2() -> None:
-    """llama2: MiniGPT-v2's "[INST] <Img><image></Img> [task] q  [/INST]" + "a</s>"; later turns "<s>[INST] q [/INST]"."""
+    """llama2: MiniGPT-v2's "[INST] <Img><image></Img> [task] q  [/INST]a</s>", then "<s>[INST] q [/INST]"."""
     from mmcore.builtins.templates import Llama2Template
 
     segments = _tpl(Llama2Template).render(CONVERSATION, task="vqa/colour")

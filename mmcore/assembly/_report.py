@@ -40,6 +40,7 @@ def lock_data(assembly: Assembly) -> dict[str, Any]:
         "data": manifest.data.model_dump(mode="json"),
         "stages": [s.model_dump(mode="json") for s in manifest.stages],
         "plugins": manifest.plugins.model_dump(mode="json"),
+        "eval": manifest.eval.model_dump(mode="json"),
         "seed": manifest.seed,
     }
     components = {name: {"type": r.name, "class": f"{r.cls.__module__}:{r.cls.__qualname__}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import model_validator
@@ -70,11 +70,14 @@ class HFCausalLM(LLM):
 
     Config: ClassVar[type[ComponentConfig]] = HFCausalLMConfig
     model: Any  # a transformers *ForCausalLM
+    lora_config: dict[str, Any] | None = None  # the LoRA applied by apply_lora, if any
 
     def __init__(self, config: HFCausalLMConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # keep stderr for mmcore's own one-line messages
         hf_config, source = _hf_config(config, ctx)
         hf_config._attn_implementation = config.attn_implementation
         self.tokenizer = _load_tokenizer(config, source, ctx)
@@ -178,6 +181,33 @@ class HFCausalLM(LLM):
                                   f"v_proj/o_proj attention projections (Llama-style models)")
             sites.append(AttentionSite(attention.v_proj, attention.o_proj, heads, kv_heads, head_dim))
         return sites
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif getattr(self, "_checkpointing", False):
+            self.model.gradient_checkpointing_disable()
+        self._checkpointing = enabled
+
+    def apply_lora(self, r: int, alpha: float, dropout: float, targets: list[str]) -> None:
+        """peft `inject_adapter_in_model` on this LLM alone, so LoRA never reaches the vision tower."""
+        if getattr(self, "lora_config", None) is not None:
+            return
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = LoraConfig(r=r, lora_alpha=cast(Any, alpha), lora_dropout=dropout, target_modules=targets, bias="none")
+        inject_adapter_in_model(config, self.model)
+        self.lora_config = {"r": r, "alpha": alpha, "dropout": dropout, "targets": list(targets)}
+
+    def merge_lora(self) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                parent_name, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent_name), child, module.get_base_layer())
+        self.lora_config = None
 
     def lora_target_names(self) -> list[str]:
         """LLaVA `find_all_linear_names`: every nn.Linear leaf name except the LM head."""

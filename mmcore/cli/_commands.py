@@ -90,6 +90,77 @@ def run_assemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="run the manifest's stages (resumes from the last checkpoint)")
+    p.add_argument("run", help="run directory written by `mmcore assemble`")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torchrun; gloo on CPU)")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import os
+
+    run = Path(args.run)
+    if not (run / "assembly.lock").exists():
+        raise MmcoreError(f"{run}: no assembly.lock; run `mmcore assemble MANIFEST -o {run}` first")
+    if args.nproc < 1:
+        raise MmcoreError(f"--nproc {args.nproc}: must be at least 1")
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from mmcore.train._launch import launch
+
+        return launch(run, args.nproc)
+    from mmcore.train import train
+
+    train(run)
+    return 0
+
+
+def add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a run: VQA accuracy, caption F1, referring Prec@0.5")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", action="append", default=None,
+                   help="a [data.datasets] name of the run, or a LLaVA .json/.jsonl file (repeatable); "
+                        "default: the manifest's [eval] datasets")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="at most this many samples per dataset")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--template", default=None)
+    p.add_argument("--box-codec", default=None, help="honeybee or minigpt (how boxes are written)")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    if not (run / "assembly.lock").exists():
+        raise MmcoreError(f"{run}: no assembly.lock; run `mmcore assemble MANIFEST -o {run}` first")
+    for flag in ("batch_size", "limit", "max_new_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise MmcoreError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    from mmcore.eval import evaluate_run
+
+    results = evaluate_run(run, args.data, batch_size=args.batch_size, limit=args.limit,
+                           max_new_tokens=args.max_new_tokens, template=args.template, box_codec=args.box_codec)
+    print(json.dumps(results, indent=2))
+    print(f"wrote {run / 'eval'}")
+    return 0
+
+
+def add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="write the final model (every component) with its manifest and lock")
+    p.add_argument("run", help="trained run directory")
+    p.add_argument("output", help="directory to create")
+    p.add_argument("--merge-lora", action="store_true", help="fold LoRA adapters into the LLM's weights")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mmcore.export import export_run
+
+    print(f"wrote {export_run(Path(args.run), Path(args.output), merge_lora=args.merge_lora)}")
+    return 0
+
+
 def add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="answer a prompt about an image with a run's model")
     p.add_argument("run", help="run directory (from `mmcore assemble` or `mmcore train`)")

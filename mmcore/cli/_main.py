@@ -10,7 +10,7 @@ from mmcore.errors import MmcoreError
 
 __all__ = ["build_parser", "main"]
 
-BUILTIN_COMMANDS = ("plugins", "assemble", "generate", "plugin")
+BUILTIN_COMMANDS = ("plugins", "assemble", "train", "eval", "export", "generate", "plugin")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _commands.add_plugins(sub)
     _commands.add_assemble(sub)
+    _commands.add_train(sub)
+    _commands.add_eval(sub)
+    _commands.add_export(sub)
     _commands.add_generate(sub)
     _commands.add_plugin_new(sub)
     return parser

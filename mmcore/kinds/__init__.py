@@ -1,6 +1,7 @@
 """The kinds of component mmcore assembles, one base class each (imports torch)."""
 
 from mmcore.kinds._base import BuildContext, Component, ComponentConfig, FeatureSpec
+from mmcore.kinds.codec import Box, BoxCodec
 from mmcore.kinds.dataset import Dataset
 from mmcore.kinds.encoder import Encoder, Features
 from mmcore.kinds.head import Head, HeadConfig, HeadOutput, select_trigger_positions
@@ -18,6 +19,7 @@ BASE_CLASSES: dict[str, type] = {
     "retriever": Retriever,
     "dataset": Dataset,
     "template": Template,
+    "box_codec": BoxCodec,
 }
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "LLM",
     "AdapterProjector",
     "AttentionSite",
+    "Box",
+    "BoxCodec",
     "BuildContext",
     "Component",
     "ComponentConfig",

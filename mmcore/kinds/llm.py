@@ -80,3 +80,19 @@ class LLM(Component):
     @abstractmethod
     def lora_target_names(self) -> list[str]:
         """Module-name suffixes of every linear layer a LoRA may target (LM head excluded)."""
+
+    @abstractmethod
+    def apply_lora(self, r: int, alpha: float, dropout: float, targets: list[str]) -> None:
+        """Add LoRA adapters (peft) to the targeted linear layers of this LLM only; idempotent."""
+
+    @abstractmethod
+    def merge_lora(self) -> None:
+        """Fold the adapters into the base weights and remove them."""
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in backward to save memory (LLMs that support it override this)."""
+        if enabled:
+            from mmcore.errors import MmcoreError
+
+            raise MmcoreError(f"{type(self).__name__} does not support gradient checkpointing; set "
+                              f"gradient_checkpointing = false")

@@ -10,7 +10,10 @@ from mmcore.errors import ManifestError, PluginError, choices_text, did_you_mean
 from mmcore.manifest._locate import line_of
 from mmcore.manifest._schema import Manifest
 
-__all__ = ["check_manifest", "component_names", "load_plugin_files"]
+__all__ = ["MIXTURES", "check_manifest", "component_names", "load_plugin_files"]
+
+# Mixture strategies and tuned presets a stage may name (see mmcore.train._mixture).
+MIXTURES = ("uniform", "per-task", "size-proportional", "honeybee-finetune", "honeybee-pretrain")
 
 
 def _error(loaded: Any, loc: tuple[str | int, ...], message: str) -> ManifestError:
@@ -91,13 +94,22 @@ def _check_stages(loaded: Any) -> None:
                     raise _error(loaded, ("stages", index, field),
                                  f"[[stages]] '{stage.name}' {field}: no component '{entry}'"
                                  f"{did_you_mean(entry, names)}; components: {choices_text(names)}")
-        if isinstance(stage.mixture, dict):
-            for dataset in stage.mixture:
-                if dataset not in manifest.data.datasets:
-                    raise _error(loaded, ("stages", index, "mixture"),
-                                 f"[[stages]] '{stage.name}' mixture: no dataset '{dataset}'"
-                                 f"{did_you_mean(dataset, manifest.data.datasets)}; declare it under "
-                                 f"[data.datasets.{dataset}]")
+        named = [*(stage.mixture if isinstance(stage.mixture, dict) else []), *stage.datasets]
+        for dataset in named:
+            if dataset not in manifest.data.datasets:
+                raise _error(loaded, ("stages", index, "mixture" if dataset in stage.mixture else "datasets"),
+                             f"[[stages]] '{stage.name}': no dataset '{dataset}'"
+                             f"{did_you_mean(dataset, manifest.data.datasets)}; declare it under "
+                             f"[data.datasets.{dataset}]")
+        if isinstance(stage.mixture, str) and stage.mixture not in MIXTURES:
+            raise _error(loaded, ("stages", index, "mixture"),
+                         f"[[stages]] '{stage.name}' mixture: unknown '{stage.mixture}'"
+                         f"{did_you_mean(stage.mixture, MIXTURES)}; choose {choices_text(MIXTURES)} or a "
+                         f"table of weights")
+    for dataset in manifest.eval.datasets:
+        if dataset not in manifest.data.datasets:
+            raise _error(loaded, ("eval", "datasets"), f"[eval] datasets: no dataset '{dataset}'"
+                         f"{did_you_mean(dataset, manifest.data.datasets)}")
 
 
 def _check_required(loaded: Any) -> None:

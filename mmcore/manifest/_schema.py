@@ -11,6 +11,7 @@ __all__ = [
     "ComponentSpec",
     "DataSpec",
     "EncoderSpec",
+    "EvalSpec",
     "HeadSpec",
     "LoraSpec",
     "Manifest",
@@ -88,7 +89,11 @@ class StageSpec(_Strict):
     lora: LoraSpec | None = None  # LoRA on the LLM through peft
     bias_norm: bool = False  # also train every bias and norm of the LLM (LLaMA-Adapter)
     template: str = "plain"
-    mixture: dict[str, float] | Literal["uniform", "per-task", "size-proportional"] = "uniform"
+    datasets: list[str] = Field(default_factory=list)  # which [data.datasets]; empty: all of them
+    # explicit weights {name = w}, a strategy, or a tuned preset ("honeybee-finetune")
+    mixture: dict[str, float] | str = "uniform"
+    sample_cap: PositiveInt | None = None  # size-proportional: at most this many per dataset (Honeybee)
+    samples_per_epoch: PositiveInt | None = None  # weighted mixtures: draws per epoch (default: total size)
     epochs: float = Field(1.0, gt=0)
     max_steps: PositiveInt | None = None
     lr: float = Field(1e-3, gt=0)
@@ -104,6 +109,19 @@ class StageSpec(_Strict):
     gradient_checkpointing: bool = False
     engine: Literal["single", "ddp", "deepspeed-zero2", "deepspeed-zero3"] = "single"
     group_by_modality_length: bool = False  # LLaVA's LengthGroupedSampler(group_by_modality=True)
+    log_every: PositiveInt = 10
+    save_every: PositiveInt | None = None  # steps between checkpoints (default: end of stage only)
+    tensorboard: bool = False
+
+
+class EvalSpec(_Strict):
+    datasets: list[str] = Field(default_factory=list)  # [data.datasets] names evaluated after training
+    template: str | None = None  # default: the last stage's
+    batch_size: PositiveInt = 8
+    max_new_tokens: PositiveInt = 32
+    limit: PositiveInt | None = None  # at most this many samples per dataset
+    box_codec: str = "honeybee"
+    sheet_size: int = Field(12, ge=0)  # images on the PNG sheet
 
 
 class PluginsSpec(_Strict):
@@ -116,4 +134,5 @@ class Manifest(_Strict):
     model: ModelSpec
     data: DataSpec = Field(default_factory=lambda: DataSpec())
     stages: list[StageSpec] = Field(default_factory=list)
+    eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
     seed: int = 0

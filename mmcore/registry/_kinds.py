@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-KINDS: tuple[str, ...] = ("encoder", "projector", "llm", "head", "retriever", "dataset", "template")
+KINDS: tuple[str, ...] = ("encoder", "projector", "llm", "head", "retriever", "dataset", "template", "box_codec")
 GROUPS: dict[str, str] = {kind: f"mmcore.{kind}s" for kind in KINDS}
 HOOKS_GROUP = "mmcore.plugins"
 
@@ -32,4 +32,5 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "retriever": {"cache": "mmcore-plugin-cache"},
     "dataset": {"llava-json": "mmcore", "synthetic-shapes": "mmcore"},
     "template": {"plain": "mmcore", "vicuna_v1": "mmcore", "llama2": "mmcore", "honeybee": "mmcore"},
+    "box_codec": {"honeybee": "mmcore", "minigpt": "mmcore"},
 }

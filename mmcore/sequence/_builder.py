@@ -87,8 +87,9 @@ class SequenceBuilder:
     def _check_modalities(self, media_counts: dict[str, int], sample_id: str) -> None:
         for modality, count in media_counts.items():
             if count and modality not in self.tokens_per_item:
+                encoded = ", ".join(self.tokens_per_item) or "none"
                 raise SampleError(f"sample '{sample_id}': has {modality} media but no encoder takes "
-                                  f"'{modality}' (encoded: {', '.join(self.tokens_per_item) or 'none'})", "unknown-modality")
+                                  f"'{modality}' (encoded: {encoded})", "unknown-modality")
 
     def _check_counts(self, spans: list[tuple[str, int, int]], media_counts: dict[str, int],
                       sample_id: str) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from mmcore.kinds import (
     AdapterProjector,
+    BoxCodec,
     BuildContext,
     Dataset,
     Encoder,
@@ -121,7 +122,7 @@ class ConformanceSuite:
     def test_meta_build(self, component: tuple[str, str]) -> None:
         """On the meta device a component builds with every parameter on meta (no weights read)."""
         kind, cls = self._resolve(component)
-        if kind in ("template", "dataset"):
+        if kind in ("template", "dataset", "box_codec"):
             return self._check_data_component(kind, cls)
         built = build_for_test(kind, cls, device="meta")
         params = list(built.parameters())
@@ -136,11 +137,15 @@ class ConformanceSuite:
             assert not any(s.supervised for s in built.generation_prompt(conversation[:1]))
         elif isinstance(built, Dataset):
             assert len(built) > 0 and isinstance(built[0], Sample)
+        elif isinstance(built, BoxCodec):
+            box = (10.0, 20.0, 30.0, 40.0)
+            decoded = built.decode(f"it is {built.encode(box, (100, 50))}.", (100, 50))
+            assert decoded is not None and max(abs(a - b) for a, b in zip(decoded, box, strict=True)) <= 1.0
 
     def test_forward_shapes(self, component: tuple[str, str]) -> None:
         """A forward on tiny CPU inputs returns the shapes the kind promises."""
         kind, cls = self._resolve(component)
-        if kind in ("template", "dataset"):
+        if kind in ("template", "dataset", "box_codec"):
             return self._check_data_component(kind, cls)
         example_forward(kind, build_for_test(kind, cls).eval())
 
@@ -149,7 +154,7 @@ class ConformanceSuite:
         from safetensors.torch import load_file, save_file
 
         kind, cls = self._resolve(component)
-        if kind in ("template", "dataset"):
+        if kind in ("template", "dataset", "box_codec"):
             return
         first = build_for_test(kind, cls, seed=0).eval()
         _perturb(first)
@@ -165,7 +170,7 @@ class ConformanceSuite:
     def test_determinism(self, component: tuple[str, str]) -> None:
         """The same seed builds the same weights, and the same input gives the same output."""
         kind, cls = self._resolve(component)
-        if kind in ("template", "dataset"):
+        if kind in ("template", "dataset", "box_codec"):
             return
         a, b = build_for_test(kind, cls, seed=3).eval(), build_for_test(kind, cls, seed=3).eval()
         for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):

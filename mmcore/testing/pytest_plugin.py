@@ -18,7 +18,7 @@ def pytest_generate_tests(metafunc: Any) -> None:
     from mmcore.registry import discover_entries
 
     entries = [e for e in discover_entries() if e.distribution == distribution
-               and e.kind in ("encoder", "projector", "llm", "head", "retriever", "template", "dataset")]
+               and e.kind in ("encoder", "projector", "llm", "head", "retriever", "template", "dataset", "box_codec")]
     if not entries:
         raise LookupError(f"{cls.__name__}: distribution '{distribution}' registers no mmcore component; "
                           f"is it installed (pip install -e .) and are its entry points right?")

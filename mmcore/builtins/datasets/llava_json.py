@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pydantic import Field
 
@@ -76,7 +76,7 @@ class LlavaJson(Dataset):
         try:
             images = record.get("image")
             images = [] if images is None else [images] if isinstance(images, str) else list(images)
-            turns = [Turn(ROLES[c["from"]], str(c["value"])) for c in record["conversations"]]
+            turns = [Turn(cast(Any, ROLES[c["from"]]), str(c["value"])) for c in record["conversations"]]
         except (KeyError, TypeError, AttributeError) as err:
             raise SampleError(f"{self.path} record '{sid}': malformed ({type(err).__name__}: {err}); it needs "
                               f"'conversations' of {{'from': human|gpt, 'value': ...}}", "malformed-record") from None

@@ -70,6 +70,9 @@ class ClipEncoder(Encoder):
     def __init__(self, config: ClipEncoderConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
         from transformers import CLIPVisionConfig, CLIPVisionModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         source = resolve_source(config.source, ctx.base_dir) if config.source else None
         options = dict(source.config if source else config.config or {})

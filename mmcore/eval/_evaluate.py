@@ -1,0 +1,116 @@
+"""`mmcore eval`: batched generation over a dataset, metrics per task, a metrics JSON and a PNG sheet."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmcore.errors import SampleError
+from mmcore.eval._metrics import box_iou, token_f1, vqa_match
+from mmcore.kinds import Dataset, Sample
+from mmcore.kinds.codec import BoxCodec
+from mmcore.pipeline import Pipeline
+
+__all__ = ["EvalRecord", "evaluate", "summarize", "write_report"]
+
+
+@dataclass
+class EvalRecord:
+    sample_id: str
+    task: str
+    question: str
+    answer: str
+    reference: str
+    score: float
+    image: Any = None
+
+
+def _prompt(sample: Sample) -> Sample:
+    """The sample without its last assistant turn (the reference)."""
+    turns = list(sample.conversation)
+    while turns and turns[-1].role == "assistant":
+        turns.pop()
+    return Sample(sample.id, turns, sample.media, sample.targets, sample.task)
+
+
+def _score(task: str, answer: str, reference: str, sample: Sample, codec: BoxCodec) -> float:
+    if task.startswith("vqa"):
+        return float(vqa_match(answer, reference))
+    if task == "refer" and sample.targets.get("boxes"):
+        image = sample.media["image"][0]
+        size = image.size if hasattr(image, "size") else (1, 1)
+        predicted = codec.decode(answer, size)
+        return float(predicted is not None and box_iou(predicted, tuple(sample.targets["boxes"][0])) >= 0.5)
+    return token_f1(answer, reference)
+
+
+def evaluate(pipeline: Pipeline, dataset: Dataset, template: str, codec: BoxCodec, batch_size: int = 8,
+             max_new_tokens: int = 32, limit: int | None = None) -> list[EvalRecord]:
+    """Greedy answers for every sample (batched, left-padded) scored against its last reply."""
+    indices = range(min(len(dataset), limit or len(dataset)))
+    records: list[EvalRecord] = []
+    for start in range(0, len(indices), batch_size):
+        samples = []
+        for index in indices[start : start + batch_size]:
+            try:
+                samples.append(dataset[index])
+            except SampleError:
+                continue
+        prompts = [_prompt(s) for s in samples]
+        batch = pipeline.batch(prompts, template, train=False).to(pipeline.device)
+        new_tokens = pipeline.model.generate(batch, max_new_tokens=max_new_tokens)
+        for sample, answer in zip(samples, pipeline.decode(new_tokens, template), strict=True):
+            reference = sample.conversation[-1].text
+            task = sample.task or "caption"
+            question = next((t.text for t in reversed(sample.conversation) if t.role == "user"), "")
+            image = (sample.media.get("image") or [None])[0]
+            records.append(EvalRecord(sample.id, task, question, answer, reference,
+                                      _score(task, answer, reference, sample, codec), image))
+    return records
+
+
+def summarize(records: list[EvalRecord]) -> dict[str, Any]:
+    """Mean score per task and per task family (vqa = VQA accuracy, refer = Prec@0.5, else token F1)."""
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        for key in {r.task, r.task.split("/")[0]}:
+            groups.setdefault(key, []).append(r.score)
+    return {"samples": len(records), **{k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}}
+
+
+def write_report(records: list[EvalRecord], metrics: dict[str, Any], folder: Path, sheet_size: int) -> None:
+    """folder/metrics.json, folder/answers.jsonl and folder/samples.png (images with Q, A, reference)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(folder / "answers.jsonl", "w", encoding="utf-8") as handle:
+        for r in records:
+            handle.write(json.dumps({"id": r.sample_id, "task": r.task, "question": r.question,
+                                     "answer": r.answer, "reference": r.reference, "score": r.score}) + "\n")
+    shown = [r for r in records if r.image is not None][:sheet_size]
+    if shown:
+        _sheet(shown, folder / "samples.png")
+
+
+def _sheet(records: list[EvalRecord], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    columns = min(4, len(records))
+    rows = (len(records) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, record in zip(axes.flat, records, strict=False):
+        image = record.image if hasattr(record.image, "size") else Image.open(record.image)
+        axis.imshow(image)
+        mark = "✓" if record.score >= 0.5 else "✗"
+        question = record.question.replace("<image>", "").strip()
+        axis.set_title(f"{question[:40]}\nA: {record.answer[:30]} {mark}\nref: {record.reference[:30]}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

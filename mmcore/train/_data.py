@@ -1,0 +1,102 @@
+"""Loading a stage's samples in DataLoader workers: dataset → preprocessing → sequence building.
+
+A bad record never stops an epoch: it becomes a `Skipped` marker counted by reason (unless the data
+is `strict`, where the trainer stops and names the record).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmcore.errors import SampleError
+from mmcore.kinds import BuildContext, Dataset, Sample
+from mmcore.pipeline import Pipeline
+from mmcore.sequence import Batch, Encoded, collate
+from mmcore.train._mixture import Item
+
+__all__ = ["LoadedBatch", "Skipped", "StageData", "build_datasets"]
+
+
+@dataclass
+class Skipped:
+    """A record that could not become a sample, and why."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class LoadedBatch:
+    batch: Batch | None  # None when every record of the micro-batch was skipped
+    skipped: Counter[str] = field(default_factory=Counter)
+    first_error: str | None = None
+    tokens: int = 0
+
+
+def build_datasets(assembly: Any, names: list[str]) -> dict[str, Dataset]:
+    """Instantiate the named [data.datasets] through the registry, with one-line config errors."""
+    from mmcore.assembly._build import ComponentSite, build_component
+
+    built = {}
+    for name in names:
+        spec = assembly.loaded.manifest.data.datasets[name]
+        site = ComponentSite(assembly.loaded, ("data", "datasets", name))
+        ctx = BuildContext(name=name, base_dir=assembly.loaded.base_dir, tokenizer=assembly.model.llm.tokenizer)
+        built[name], _ = build_component(site, assembly.registry, "dataset", spec, ctx)
+    return built
+
+
+class StageData(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Global position → encoded sample (or Skipped). Runs in DataLoader workers."""
+
+    def __init__(self, pipeline: Pipeline, datasets: dict[str, Dataset], order: list[Item], template: str) -> None:
+        self.pipeline = pipeline
+        self.datasets = datasets
+        self.order = order
+        self.template = template
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def sample(self, position: int) -> Sample:
+        name, index = self.order[position]
+        return self.datasets[name][index]
+
+    def __getitem__(self, position: int) -> tuple[Encoded, dict[str, list[torch.Tensor]], dict[str, Any]] | Skipped:
+        try:
+            sample = self.sample(position)
+            encoded = self.pipeline.encode(sample, self.template, train=True)
+            return encoded, self.pipeline.preprocess(sample), sample.targets
+        except SampleError as err:
+            name, index = self.order[position]
+            return Skipped(err.reason, f"dataset '{name}' record {index}: {err}")
+
+    def collate(self, items: list[Any]) -> LoadedBatch:
+        good = [i for i in items if not isinstance(i, Skipped)]
+        bad = [i for i in items if isinstance(i, Skipped)]
+        skipped = Counter(b.reason for b in bad)
+        first = bad[0].message if bad else None
+        if not good:
+            return LoadedBatch(None, skipped, first)
+        builder, model = self.pipeline.builder, self.pipeline.model
+        batch = collate(builder, [g[0] for g in good], [g[1] for g in good], model.modality_order, "right",
+                        [g[2] for g in good])
+        return LoadedBatch(batch, skipped, first, int(batch.attention_mask.sum()))
+
+
+def modality_lengths(data: StageData) -> list[int]:
+    """LLaVA `modality_lengths`: word count, positive with media and negative for text-only samples."""
+    lengths = []
+    for position in range(len(data)):
+        try:
+            sample = data.sample(position)
+        except SampleError:
+            lengths.append(1)
+            continue
+        words = sum(len(t.text.split()) for t in sample.conversation) or 1
+        lengths.append(words if any(sample.media.values()) else -words)
+    return lengths

@@ -1,0 +1,95 @@
+"""Run logging: a progress bar (loss, lr, tokens/s, ETA), JSON lines, loss-curve PNGs, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mmcore.errors import MmcoreError
+
+__all__ = ["RunLog"]
+
+
+class RunLog:
+    """Writes RUN/log.jsonl and RUN/plots/loss-<stage>.png; only the main rank writes."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.bar: Any = None
+        self.losses: list[tuple[int, float]] = []
+        self.tensorboard: Any = None
+        self._tokens = 0
+        self._since = time.perf_counter()
+
+    def event(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def start_stage(self, stage: str, start: int, steps: int, tensorboard: bool) -> None:
+        self.losses = []
+        self._tokens, self._since = 0, time.perf_counter()
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=steps, initial=start, desc=stage, file=sys.stderr, dynamic_ncols=True,
+                        disable=None)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise MmcoreError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
+            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard" / stage))
+
+    def step(self, stage: str, step: int, loss: float, lr: float, tokens: int, log: bool) -> dict[str, float]:
+        self._tokens += tokens
+        elapsed = max(time.perf_counter() - self._since, 1e-9)
+        metrics = {"loss": loss, "lr": lr, "tokens_per_s": self._tokens / elapsed}
+        self.losses.append((step, loss))
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if log:
+            self.event(kind="step", stage=stage, step=step, **metrics)
+            if self.tensorboard is not None:
+                for key, value in metrics.items():
+                    self.tensorboard.add_scalar(key, value, step)
+        return metrics
+
+    def end_stage(self, stage: str, skipped: dict[str, int]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+        if not self.enabled:
+            return
+        self.event(kind="stage_end", stage=stage, skipped=skipped)
+        if skipped:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+            print(f"[{stage}] skipped records: {reasons}", file=sys.stderr)
+        if self.losses:
+            self._plot(stage)
+
+    def _plot(self, stage: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps, losses = zip(*self.losses, strict=True)
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        axis.plot(steps, losses, linewidth=1)
+        axis.set(xlabel="step", ylabel="loss", title=f"stage {stage}")
+        axis.grid(alpha=0.3)
+        (self.run_dir / "plots").mkdir(exist_ok=True)
+        figure.tight_layout()
+        figure.savefig(self.run_dir / "plots" / f"loss-{stage}.png", dpi=100)
+        plt.close(figure)

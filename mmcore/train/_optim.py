@@ -1,0 +1,88 @@
+"""What trains in a stage, its optimizer (AdamW, per-component learning rates) and schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcore.manifest import Manifest, StageSpec, qualify
+
+__all__ = ["build_optimizer", "components", "set_trainable"]
+
+
+def components(model: Any) -> dict[str, nn.Module]:
+    """Qualified component name → module ('llm', 'encoders.vision', ...)."""
+    named: dict[str, nn.Module] = {"llm": model.llm}
+    named.update({f"encoders.{n}": m for n, m in model.encoders.items()})
+    named.update({f"projectors.{n}": m for n, m in model.projectors.items()})
+    named.update({f"heads.{n}": m for n, m in model.heads.items()})
+    if model.retriever is not None:
+        named["retriever"] = model.retriever
+    return named
+
+
+def set_trainable(model: Any, manifest: Manifest, stage: StageSpec) -> dict[str, list[str]]:
+    """Freeze everything, then unfreeze the stage's components, its LoRA and bias-norm parameters.
+
+    Returns the trainable parameter names per component.
+    """
+    named = components(model)
+    chosen = {q for entry in stage.trainable for q in qualify(manifest, entry)}
+    if stage.lora is not None:
+        lora = stage.lora
+        targets = model.llm.lora_target_names() if lora.targets == "all-linear" else list(lora.targets)
+        model.llm.apply_lora(lora.r, lora.alpha, lora.dropout, targets)
+    model.requires_grad_(False)
+    trainable: dict[str, list[str]] = {}
+    for name, module in named.items():
+        names = []
+        for pname, param in module.named_parameters():
+            on = name in chosen
+            on |= name == "llm" and stage.lora is not None and "lora_" in pname
+            on |= name == "llm" and stage.bias_norm and ("bias" in pname or "norm" in pname)
+            param.requires_grad_(on)
+            if on:
+                names.append(pname)
+        if names:
+            trainable[name] = names
+    return trainable
+
+
+def _schedule(kind: str, warmup: int, total: int) -> Any:
+    """transformers' get_{cosine,linear,constant}_schedule_with_warmup as a LambdaLR factor."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+def build_optimizer(model: Any, manifest: Manifest, stage: StageSpec,
+                    total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with one group per (component, decay): LLaVA's projector-lr groups, generalised; biases and
+    norms (1-D parameters) get no weight decay, as in transformers' Trainer."""
+    rates = {q: lr for entry, lr in stage.lr_per_component.items() for q in qualify(manifest, entry)}
+    groups = []
+    for name, module in components(model).items():
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        lr = rates.get(name, stage.lr)
+        decay = [p for n, p in params if p.ndim > 1]
+        no_decay = [p for n, p in params if p.ndim <= 1]
+        if decay:
+            groups.append({"params": decay, "lr": lr, "weight_decay": stage.weight_decay, "name": f"{name}"})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"})
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.999), eps=1e-8)
+    warmup = math.ceil(stage.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(stage.schedule, warmup, total_steps))
+    return optimizer, scheduler
