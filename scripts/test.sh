@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch-extensions}"  # DeepSpeed JIT ops, compiled once
 .venv/bin/ruff check mmcore plugins tests benchmarks
 .venv/bin/mypy mmcore plugins/encoders/clip/mmcore_plugin_clip plugins/projectors/mlp/mmcore_plugin_mlp
 .venv/bin/python -m pytest -q

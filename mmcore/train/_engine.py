@@ -52,6 +52,8 @@ class Engine:
     """Single process, or DDP (`torch.nn.parallel.DistributedDataParallel`) when launched on several
     processes (`--nproc`); "single" and "ddp" stages both run data-parallel under torchrun."""
 
+    is_deepspeed = False
+
     def __init__(self, model: Any, optimizer: Any, scheduler: Any, stage: StageSpec, world: World,
                  accum: int) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -94,8 +96,11 @@ class Engine:
         dist.all_reduce(tensor)
         return float(tensor) / self.world.size
 
+    def gathered(self) -> Any:
+        return contextlib.nullcontext()
 
-def make_engine(model: Any, optimizer: Any, scheduler: Any, stage: StageSpec, world: World, accum: int) -> Engine:
+
+def make_engine(model: Any, optimizer: Any, scheduler: Any, stage: StageSpec, world: World, accum: int) -> Any:
     if stage.engine.startswith("deepspeed"):
         from mmcore.train._deepspeed import DeepSpeedEngine
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,21 @@ class Trainer:
         order, steps = stage_order(epoch, stage.epochs, stage.max_steps, global_batch)
         return StageData(self.pipeline, datasets, order, stage.template), steps
 
-    def _save(self, optimizer: Any = None, scheduler: Any = None) -> None:
-        if self.world.is_main:
-            folder = save_checkpoint(self.run_dir / "checkpoints", self.state, self.modules, optimizer, scheduler)
-            self.assembly.pm.hook.mmcore_checkpoint_saved(
-                stage=self.manifest.stages[min(self.state.stage_index, len(self.manifest.stages) - 1)].name,
-                step=self.state.step, path=str(folder))
+    def _save(self, engine: Any = None, mid_stage: bool = False) -> None:
+        """Every rank enters (ZeRO-3 gathers, DeepSpeed saves its partitions); the main rank writes."""
+        root = self.run_dir / "checkpoints"
+        tag = f"ckpt-{self.state.stage_index}-{self.state.step:07d}"
+        torch_optimizer = mid_stage and engine is not None and not engine.is_deepspeed
+        with engine.gathered() if engine is not None else contextlib.nullcontext():
+            if mid_stage and engine is not None and engine.is_deepspeed:
+                engine.save_state(root / "deepspeed", tag)
+            if self.world.is_main:
+                folder = save_checkpoint(root, self.state, self.modules,
+                                         engine.optimizer if torch_optimizer else None,
+                                         engine.scheduler if torch_optimizer else None)
+                self.assembly.pm.hook.mmcore_checkpoint_saved(
+                    stage=self.manifest.stages[min(self.state.stage_index, len(self.manifest.stages) - 1)].name,
+                    step=self.state.step, path=str(folder))
         if self.world.size > 1:
             torch.distributed.barrier()
 
@@ -100,16 +110,23 @@ class Trainer:
             raise MmcoreError(f"stage '{stage.name}': no datasets; add [data.datasets.NAME] tables")
         data, steps = self._order(stage, index, names, global_batch)
         optimizer, scheduler = build_optimizer(self.model, self.manifest, stage, steps)
-        resuming = self.state.stage_index == index and self.state.step > 0
-        if resuming and self.checkpoint is not None:
-            load_checkpoint(self.checkpoint, self.modules, optimizer, scheduler)
-        else:
+        resuming = self.state.stage_index == index and self.state.step > 0 and self.checkpoint is not None
+        deepspeed = stage.engine.startswith("deepspeed")
+        checkpoint = self.checkpoint
+        if resuming and not deepspeed and checkpoint is not None:
+            load_checkpoint(checkpoint, self.modules, optimizer, scheduler)
+        elif not resuming:
             self.state.step, self.state.skipped = 0, {}
         self.state.stage_index, self.state.steps = index, steps
         engine = make_engine(self.model, optimizer, scheduler, stage, self.world, accum)
+        if resuming and deepspeed and checkpoint is not None:
+            engine.load_state(self.run_dir / "checkpoints" / "deepspeed", checkpoint.name)
+        if resuming:
+            self.log.event(kind="resume", stage=stage.name, step=self.state.step)
         self._loop(stage, data, engine, batch, accum)
         self.state.stage_index, self.state.step = index + 1, 0
-        self._save()
+        self.engine = engine
+        self._save(engine)
 
     def _loop(self, stage: StageSpec, data: StageData, engine: Any, batch: int, accum: int) -> None:
         from torch.utils.data import DataLoader
@@ -140,16 +157,19 @@ class Trainer:
             self.assembly.pm.hook.mmcore_train_step(stage=stage.name, step=step + 1, metrics=metrics)
             self.state.step = step + 1
             if stage.save_every and self.state.step % stage.save_every == 0 and self.state.step < self.state.steps:
-                self._save(engine.optimizer, engine.scheduler)
+                self._save(engine, mid_stage=True)
         self.log.end_stage(stage.name, self.state.skipped)
 
     def finish(self) -> None:
         """Write RUN/weights (every component, whole) for `mmcore.load`, `eval` and `export`."""
-        if not self.world.is_main:
-            return
         from mmcore.checkpoint import save_component_weights
 
-        save_component_weights(self.modules, self.run_dir / "weights")
+        engine = getattr(self, "engine", None)
+        with engine.gathered() if engine is not None else contextlib.nullcontext():
+            if self.world.is_main:
+                save_component_weights(self.modules, self.run_dir / "weights")
+        if not self.world.is_main:
+            return
         lora = getattr(self.model.llm, "lora_config", None)
         marker = self.run_dir / "weights" / "lora.json"
         if lora:
@@ -169,6 +189,12 @@ def train(run_dir: str | Path) -> Trainer:
                 continue
             trainer.run_stage(index, stage)
         trainer.finish()
+        if world.is_main and trainer.manifest.eval.datasets:
+            from mmcore.eval import evaluate_run
+
+            results = evaluate_run(trainer.run_dir)  # from RUN/weights, as a user would load them
+            trainer.log.event(kind="eval", results=results)
+            print(json.dumps(results, indent=2))
         return trainer
     finally:
         close_world(world)

@@ -1,0 +1,104 @@
+"""DeepSpeed ZeRO-2/3 engine: the DeepSpeed config is generated from the stage.
+
+On CPU DeepSpeed talks gloo and JIT-compiles its shared-memory op on first use (set
+TORCH_EXTENSIONS_DIR to cache it); our own torch AdamW and LambdaLR are handed to it as client
+optimizer and scheduler, so per-component learning rates are the same under every engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcore.manifest import StageSpec
+from mmcore.sequence import Batch
+
+__all__ = ["DeepSpeedEngine", "deepspeed_config"]
+
+
+def deepspeed_config(stage: StageSpec, batch: int, accum: int, world: int) -> dict[str, Any]:
+    """LLaVA's scripts/zero2.json / zero3.json with the stage's numbers filled in."""
+    zero: dict[str, Any] = {"stage": 3 if stage.engine.endswith("3") else 2, "overlap_comm": False,
+                            "contiguous_gradients": True, "sub_group_size": int(1e9)}
+    if zero["stage"] == 3:
+        zero.update(stage3_max_live_parameters=int(1e9), stage3_max_reuse_distance=int(1e9),
+                    stage3_gather_16bit_weights_on_model_save=True)
+    return {
+        "train_micro_batch_size_per_gpu": batch,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": batch * accum * world,
+        "gradient_clipping": stage.grad_clip or 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": stage.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _single_process_env() -> None:
+    """DeepSpeed without a launcher falls into MPI discovery; give it a world of one instead."""
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        from mmcore.train._launch import _free_port
+
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+class DeepSpeedEngine:
+    """`deepspeed.initialize` over the model with our optimizer and schedule."""
+
+    is_deepspeed = True
+
+    def __init__(self, model: Any, optimizer: Any, scheduler: Any, stage: StageSpec, world: Any, accum: int) -> None:
+        _single_process_env()
+        import deepspeed
+
+        self.stage, self.world, self.accum = stage, world, accum
+        self.model = model
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        config = deepspeed_config(stage, stage.batch_size, accum, world.size)
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+        self.zero3 = config["zero_optimization"]["stage"] == 3
+
+    def micro_step(self, batch: Batch | None, last: bool) -> float:
+        if batch is None:
+            loss = sum(p.sum() for p in self.params) * 0.0
+        else:
+            loss = self.ds(batch.to(self.world.device)).loss
+        self.ds.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
+        self.ds.step()  # an optimizer step only at the accumulation boundary
+        return float(loss.detach().float())
+
+    def step(self) -> None:
+        """Nothing: DeepSpeed stepped at the boundary inside `micro_step`."""
+
+    def mean(self, value: float) -> float:
+        if self.world.size == 1:
+            return value
+        tensor = torch.tensor([value])
+        torch.distributed.all_reduce(tensor)
+        return float(tensor) / self.world.size
+
+    def gathered(self) -> Any:
+        """Full parameters on every rank while saving (ZeRO-3 partitions them)."""
+        if not self.zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+
+    def save_state(self, folder: Path, tag: str) -> None:
+        """Optimizer partitions of every rank (collective)."""
+        self.ds.save_checkpoint(str(folder), tag=tag, save_latest=False)
+
+    def load_state(self, folder: Path, tag: str) -> None:
+        self.ds.load_checkpoint(str(folder), tag=tag, load_module_strict=False, load_optimizer_states=True,
+                                load_lr_scheduler_states=True)

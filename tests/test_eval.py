@@ -1,0 +1,70 @@
+"""Evaluation: metrics, box codecs, batched answers equal to batch size 1, reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmcore.builtins.codecs import HoneybeeBoxes, MiniGPTBoxes
+from mmcore.builtins.datasets.shapes import ShapesConfig, SyntheticShapes
+from mmcore.eval import box_iou, evaluate, normalize_answer, summarize, token_f1, vqa_match
+from mmcore.kinds import BuildContext, ComponentConfig
+
+
+def test_vqa_normalisation() -> None:
+    """Case, punctuation, articles and number words do not change a VQA match."""
+    assert normalize_answer("The Red.") == "red"
+    assert vqa_match("Two", "2") and not vqa_match("red", "blue")
+
+
+def test_token_f1() -> None:
+    """Token F1 rewards overlap: identical 1.0, disjoint 0.0, partial in between."""
+    assert token_f1("a red circle", "a red circle.") == 1.0
+    assert token_f1("blue square", "red circle") == 0.0
+    assert 0.0 < token_f1("red square", "red circle") < 1.0
+
+
+def test_box_codecs_are_the_upstream_formats() -> None:
+    """Honeybee writes [x1,y1,x2,y2] with 3 decimals; MiniGPT-v2 {<x1><y1><x2><y2>} in 0–100."""
+    ctx = BuildContext(name="c")
+    honeybee, minigpt = HoneybeeBoxes(HoneybeeBoxes.Config(), ctx), MiniGPTBoxes(ComponentConfig(), ctx)
+    assert honeybee.encode((10, 20, 30, 40), (100, 50)) == "[0.100,0.400,0.300,0.800]"
+    assert minigpt.encode((10, 20, 30, 40), (100, 50)) == "{<10><40><30><80>}"
+    assert minigpt.decode("there {<10><40><30><80>} it is", (100, 50)) == (10.0, 20.0, 30.0, 40.0)
+    assert honeybee.decode("no box here", (100, 50)) is None
+
+
+def test_prec_at_half_uses_iou() -> None:
+    """IoU of equal boxes is 1, of disjoint boxes 0."""
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0 and box_iou((0, 0, 1, 1), (5, 5, 6, 6)) == 0.0
+
+
+def test_batched_eval_equals_batch_size_one(tiny_pipeline: Any) -> None:
+    """Evaluating with batch 8 gives exactly the answers of batch 1."""
+    data = SyntheticShapes(ShapesConfig(split="val", size=4, image_size=28, tasks=["vqa/colour", "refer"]),
+                           BuildContext(name="val"))
+    codec = HoneybeeBoxes(HoneybeeBoxes.Config(), BuildContext(name="c"))
+    batched = evaluate(tiny_pipeline, data, "vicuna_v1", codec, batch_size=8, max_new_tokens=6)
+    single = evaluate(tiny_pipeline, data, "vicuna_v1", codec, batch_size=1, max_new_tokens=6)
+    assert [r.answer for r in batched] == [r.answer for r in single]
+    assert summarize(batched)["samples"] == 8 and "refer" in summarize(batched)
+
+
+def test_eval_cli_writes_reports(tiny_pipeline: Any, tiny_model_text: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`mmcore eval RUN --data NAME` writes metrics.json, answers.jsonl and a PNG sheet; a bad name exits 2."""
+    from mmcore.assembly import assemble, write_lock
+    from mmcore.cli import main
+
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(tiny_model_text + '\n[data.datasets.val]\ntype = "synthetic-shapes"\nsplit = "val"\n'
+                        'size = 3\nimage_size = 28\ntasks = ["vqa/shape"]\n')
+    write_lock(assemble(manifest), tmp_path / "run")
+    assert main(["eval", str(tmp_path / "run"), "--data", "val", "--max-new-tokens", "4"]) == 0
+    report = tmp_path / "run" / "eval" / "val"
+    assert (report / "metrics.json").exists() and (report / "samples.png").stat().st_size > 1000
+    assert len((report / "answers.jsonl").read_text().splitlines()) == 3
+    assert main(["eval", str(tmp_path / "run"), "--data", "vall"]) == 2
+    assert "did you mean 'val'" in capsys.readouterr().err
