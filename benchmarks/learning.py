@@ -23,7 +23,8 @@ def _accuracy(run: Path) -> dict[str, float]:
     records = [json.loads(line) for path in (run / "eval").glob("*/answers.jsonl")
                for line in path.read_text().splitlines()]
     out = {}
-    for name, tasks in (("colour", {"vqa/colour"}), ("shape", {"vqa/shape"}), ("colour+shape", {"vqa/colour", "vqa/shape"})):
+    groups = {"colour": {"vqa/colour"}, "shape": {"vqa/shape"}, "colour+shape": {"vqa/colour", "vqa/shape"}}
+    for name, tasks in groups.items():
         scores = [r["score"] for r in records if r["task"] in tasks]
         out[name] = sum(scores) / len(scores) if scores else float("nan")
     return out
@@ -48,7 +49,8 @@ def main() -> None:
     print(f"{'held-out accuracy':20s} {'untrained':>10s} {'trained':>10s} {'trained / 0.8':>14s}")
     for key in before:
         print(f"{key:20s} {before[key]:10.3f} {after[key]:10.3f} {after[key] / TARGET_ACCURACY:14.2f}")
-    print(f"train + final eval: {minutes:.1f} min (target {TARGET_MINUTES:.0f} min, ratio {minutes / TARGET_MINUTES:.2f})")
+    ratio = minutes / TARGET_MINUTES
+    print(f"train + final eval: {minutes:.1f} min (target {TARGET_MINUTES:.0f} min, ratio {ratio:.2f})")
     ok = after["colour+shape"] >= TARGET_ACCURACY and minutes <= TARGET_MINUTES
     print("OK" if ok else "MISSED")
 
