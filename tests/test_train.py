@@ -236,3 +236,41 @@ def test_global_batch_must_divide(make_run: Any, capsys: pytest.CaptureFixture[s
     run = make_run(extra="global_batch_size = 7")
     assert main(["train", str(run)]) == 2
     assert "global_batch_size 7" in capsys.readouterr().err
+
+
+def test_bf16_and_gradient_checkpointing(make_run: Any) -> None:
+    """A bf16 stage with gradient checkpointing trains with finite, falling loss."""
+    run = make_run(align_steps=1, instruct_steps=8,
+                   extra='precision = "bf16"\ngradient_checkpointing = true')
+    assert main(["train", str(run)]) == 0
+    losses = [r["loss"] for r in _steps(run, "instruct")]
+    assert all(loss == loss and loss < 20 for loss in losses) and losses[-1] < losses[0]
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(make_run: Any, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """tensorboard = true without the tensorboard package says what to install."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    run = make_run(align_steps=1, instruct_steps=1, extra="tensorboard = true")
+    assert main(["train", str(run)]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_a_stage_that_skips_everything_stops(make_run: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """When no record fits (here: max_length below the vicuna_v1 system prompt) the run stops and says why."""
+    run = make_run(align_steps=1, instruct_steps=3)
+    text = (run / "manifest.toml").read_text().replace("max_length = 256", "max_length = 100")
+    (run / "manifest.toml").write_text(text.replace('template = "plain"\ndatasets = ["vqa"]',
+                                                    'template = "vicuna_v1"\ndatasets = ["vqa"]'))
+    assert main(["train", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "every record so far was skipped" in err and "over-length" in err

@@ -63,10 +63,16 @@ def add_assemble(sub: Any) -> None:
 
 
 def _default_manifest() -> Path:
+    """examples/tiny.toml when run from a checkout, else the copy shipped inside the package."""
     path = Path(DEFAULT_MANIFEST)
-    if not path.exists():
+    if path.exists():
+        return path
+    from importlib import resources
+
+    shipped = Path(str(resources.files("mmcore") / "defaults" / "tiny.toml"))
+    if not shipped.exists():
         raise MmcoreError(f"no manifest given and {DEFAULT_MANIFEST} is not here; pass a manifest path")
-    return path
+    return shipped
 
 
 def run_assemble(args: argparse.Namespace) -> int:
