@@ -80,7 +80,7 @@ def write_manifest(tmp_path: Path) -> Callable[[str], Path]:
     return write
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_model_text(tiny_dirs: dict[str, Path]) -> str:
     """The tiny manifest's TOML text, over the saved tiny models."""
     return TINY_MODEL.format(llama=tiny_dirs["llama"], clip=tiny_dirs["clip"])

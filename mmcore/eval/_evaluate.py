@@ -93,6 +93,11 @@ def write_report(records: list[EvalRecord], metrics: dict[str, Any], folder: Pat
         _sheet(shown, folder / "samples.png")
 
 
+def _printable(text: str) -> str:
+    """An untrained model writes control bytes; the sheet shows them as '?'."""
+    return "".join(c if c.isprintable() and ord(c) < 0x2000 else "?" for c in text)
+
+
 def _sheet(records: list[EvalRecord], path: Path) -> None:
     import matplotlib
 
@@ -108,9 +113,10 @@ def _sheet(records: list[EvalRecord], path: Path) -> None:
     for axis, record in zip(axes.flat, records, strict=False):
         image = record.image if hasattr(record.image, "size") else Image.open(record.image)
         axis.imshow(image)
-        mark = "✓" if record.score >= 0.5 else "✗"
-        question = record.question.replace("<image>", "").strip()
-        axis.set_title(f"{question[:40]}\nA: {record.answer[:30]} {mark}\nref: {record.reference[:30]}", fontsize=8)
+        mark = "ok" if record.score >= 0.5 else "wrong"
+        question = _printable(record.question.replace("<image>", "").strip())
+        answer, reference = _printable(record.answer), _printable(record.reference)
+        axis.set_title(f"{question[:40]}\nA: {answer[:30]} ({mark})\nref: {reference[:30]}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
