@@ -16,7 +16,6 @@ def export_run(run: Path, output: Path, merge_lora: bool = False) -> Path:
     """Write OUT/{manifest.toml, assembly.lock, weights/*.safetensors[, weights/lora.json]}."""
     from mmcore.checkpoint import save_component_weights
     from mmcore.pipeline import load
-    from mmcore.train._optim import components
 
     if not (run / "weights").is_dir():
         raise MmcoreError(f"{run}: no trained weights (run/weights); run `mmcore train {run}` first")
@@ -31,7 +30,7 @@ def export_run(run: Path, output: Path, merge_lora: bool = False) -> Path:
     tmp.mkdir(parents=True)
     for name in ("manifest.toml", "assembly.lock"):
         shutil.copy2(run / name, tmp / name)
-    save_component_weights(components(pipeline.model), tmp / "weights")
+    save_component_weights(pipeline.model.components(), tmp / "weights")
     if lora and not merge_lora:
         (tmp / "weights" / "lora.json").write_text(json.dumps(lora))
     os.replace(tmp, output)

@@ -55,6 +55,16 @@ class MultimodalModel(nn.Module):
     def modality_order(self) -> list[str]:
         return list(self.modality_encoder)
 
+    def components(self) -> dict[str, nn.Module]:
+        """Qualified component name → module: 'llm', 'encoders.vision', 'projectors.vision', ..."""
+        named: dict[str, nn.Module] = {"llm": self.llm}
+        named.update({f"encoders.{n}": m for n, m in self.encoders.items()})
+        named.update({f"projectors.{n}": m for n, m in self.projectors.items()})
+        named.update({f"heads.{n}": m for n, m in self.heads.items()})
+        if self.retriever is not None:
+            named["retriever"] = self.retriever
+        return named
+
     @property
     def tokens_per_item(self) -> dict[str, int]:
         return {m: int(cast(Projector, self.projectors[e]).num_tokens) for m, e in self.modality_encoder.items()}

@@ -111,9 +111,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> Pipeline:
         raise MmcoreError(f"{lock_path}: corrupt ({err}); re-run `mmcore assemble`") from None
     assembly = assemble(run / "manifest.toml", device="cpu", base_dir=Path(lock["base_dir"]))
     model = assembly.model
-    modules = {"llm": model.llm, **{f"encoders.{n}": m for n, m in model.encoders.items()},
-               **{f"projectors.{n}": m for n, m in model.projectors.items()},
-               **{f"heads.{n}": m for n, m in model.heads.items()}}
+    modules = model.components()
     lora = run / "weights" / "lora.json"
     if lora.exists():
         model.llm.apply_lora(**json.loads(lora.read_text()))

@@ -109,7 +109,7 @@ def _check_budget(loaded: LoadedManifest, model: MultimodalModel) -> int:
 
 
 def _check_stages(loaded: LoadedManifest, registry: Registry, assembly: Assembly) -> None:
-    modules = {name: part for name, part in _named_modules(assembly.model).items()}
+    modules = assembly.model.components()
     targets = assembly.model.llm.lora_target_names()
     for index, stage in enumerate(loaded.manifest.stages):
         site = ComponentSite(loaded, ("stages", index))
@@ -119,16 +119,6 @@ def _check_stages(loaded: LoadedManifest, registry: Registry, assembly: Assembly
             assembly.trainable[stage.name] = stage_trainable(loaded.manifest, modules, stage, targets)
         except MmcoreError as err:
             raise site.error(str(err)) from None
-
-
-def _named_modules(model: MultimodalModel) -> dict[str, Any]:
-    named: dict[str, Any] = {"llm": model.llm}
-    named.update({f"encoders.{n}": m for n, m in model.encoders.items()})
-    named.update({f"projectors.{n}": m for n, m in model.projectors.items()})
-    named.update({f"heads.{n}": m for n, m in model.heads.items()})
-    if model.retriever is not None:
-        named["retriever"] = model.retriever
-    return named
 
 
 def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | torch.device = "meta",
@@ -159,7 +149,7 @@ def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | to
     max_length = _check_budget(loaded, model)
     assembly = Assembly(loaded, model, {q: p[1] for q, p in parts.items()},
                         {q: p[0].config for q, p in parts.items()},
-                        {q: count(m) for q, m in _named_modules(model).items()}, max_length=max_length,
+                        {q: count(m) for q, m in model.components().items()}, max_length=max_length,
                         registry=registry, pm=pm)
     _check_stages(loaded, registry, assembly)
     return assembly

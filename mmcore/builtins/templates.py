@@ -65,9 +65,6 @@ class VicunaV1Template(Template):
                 segments.append(Segment(f" {turn.text}{self.sep2}", supervised=True))
         return segments
 
-    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        return self.render(conversation, task)
-
     def stop_strings(self) -> list[str]:
         return [self.sep2]
 
@@ -111,12 +108,6 @@ class Llama2Template(Template):
                 segments.append(Segment(f"{turn.text}{self.eos}", supervised=True))
         return segments
 
-    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        return self.render(conversation, task)
-
-    def stop_strings(self) -> list[str]:
-        return [self.eos]
-
 
 # Honeybee's per-task instructions (pipeline/data_utils/templates, upstream-systems.md §2.4).
 HONEYBEE_INSTRUCTIONS = {
@@ -151,9 +142,3 @@ class HoneybeeTemplate(Template):
             elif turn.role == "assistant":
                 segments.append(Segment(f"{turn.text}{self.eos}", supervised=True))
         return segments
-
-    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        return self.render(conversation, task)
-
-    def stop_strings(self) -> list[str]:
-        return [self.eos]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -82,8 +83,8 @@ class Component(nn.Module):
         return None
 
 
-class DataComponent:
-    """Base of the components that are not modules (dataset, template): a typed Config and a name."""
+class DataComponent(ABC):
+    """Base of the components that are not modules (dataset, template, box codec): a Config and a name."""
 
     kind: ClassVar[str] = "data"
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig

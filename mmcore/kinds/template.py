@@ -32,10 +32,10 @@ class Template(DataComponent):
         """A whole conversation (for training): assistant replies are the supervised segments.
         `task` (e.g. "vqa/colour", "refer") lets templates add task tags or instructions."""
 
-    @abstractmethod
     def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
         """A conversation ending with a user turn, rendered up to where the assistant starts."""
+        return self.render(conversation, task)
 
     def stop_strings(self) -> list[str]:
-        """Text after which a generated answer ends (besides the tokenizer's EOS)."""
-        return []
+        """Text after which a generated answer ends (besides the tokenizer's EOS id)."""
+        return [self.eos]

@@ -6,22 +6,10 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from mmcore.manifest import Manifest, StageSpec, qualify
 
-__all__ = ["build_optimizer", "components", "set_trainable"]
-
-
-def components(model: Any) -> dict[str, nn.Module]:
-    """Qualified component name → module ('llm', 'encoders.vision', ...)."""
-    named: dict[str, nn.Module] = {"llm": model.llm}
-    named.update({f"encoders.{n}": m for n, m in model.encoders.items()})
-    named.update({f"projectors.{n}": m for n, m in model.projectors.items()})
-    named.update({f"heads.{n}": m for n, m in model.heads.items()})
-    if model.retriever is not None:
-        named["retriever"] = model.retriever
-    return named
+__all__ = ["build_optimizer", "set_trainable"]
 
 
 def set_trainable(model: Any, manifest: Manifest, stage: StageSpec) -> dict[str, list[str]]:
@@ -29,7 +17,7 @@ def set_trainable(model: Any, manifest: Manifest, stage: StageSpec) -> dict[str,
 
     Returns the trainable parameter names per component.
     """
-    named = components(model)
+    named = model.components()
     chosen = {q for entry in stage.trainable for q in qualify(manifest, entry)}
     if stage.lora is not None:
         lora = stage.lora
@@ -73,7 +61,7 @@ def build_optimizer(model: Any, manifest: Manifest, stage: StageSpec,
     norms (1-D parameters) get no weight decay, as in transformers' Trainer."""
     rates = {q: lr for entry, lr in stage.lr_per_component.items() for q in qualify(manifest, entry)}
     groups = []
-    for name, module in components(model).items():
+    for name, module in model.components().items():
         params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         lr = rates.get(name, stage.lr)
         decay = [p for n, p in params if p.ndim > 1]

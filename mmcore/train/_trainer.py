@@ -17,7 +17,7 @@ from mmcore.train._data import StageData, build_datasets, modality_lengths
 from mmcore.train._engine import World, close_world, init_world, make_engine
 from mmcore.train._log import RunLog
 from mmcore.train._mixture import epoch_order, group_by_modality_length, rank_batches, stage_order
-from mmcore.train._optim import build_optimizer, components, set_trainable
+from mmcore.train._optim import build_optimizer, set_trainable
 
 __all__ = ["Trainer", "train"]
 
@@ -49,7 +49,7 @@ class Trainer:
         self.model = self.assembly.model
         self.pipeline = Pipeline(self.model, self.assembly.max_length, self.assembly.registry,
                                  self.assembly.loaded.base_dir)
-        self.modules = components(self.model)
+        self.modules = self.model.components()
         self.log = RunLog(run_dir, world.is_main)
         self.checkpoint = latest_checkpoint(run_dir / "checkpoints")
         self.state = read_state(self.checkpoint) if self.checkpoint else TrainState()
