@@ -183,10 +183,13 @@ class HFCausalLM(LLM):
         return sites
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if enabled:
+        modern = hasattr(self.model, "activation_checkpointing_enable")  # transformers >= 5 renamed it
+        if enabled and modern:
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif enabled:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         elif getattr(self, "_checkpointing", False):
-            self.model.gradient_checkpointing_disable()
+            (self.model.activation_checkpointing_disable if modern else self.model.gradient_checkpointing_disable)()
         self._checkpointing = enabled
 
     def apply_lora(self, r: int, alpha: float, dropout: float, targets: list[str]) -> None:
