@@ -68,7 +68,7 @@ def _scene(rng: np.random.Generator, size: int, max_shapes: int) -> list[Shape]:
     for _ in range(50):
         if len(shapes) == count:
             break
-        side = int(rng.integers(size // 4, size // 2))
+        side = int(rng.integers(size * 3 // 8, size // 2 + 1))  # large enough that a circle is not a square
         x, y = (int(v) for v in rng.integers(1, size - side - 1, size=2))
         box = (x, y, x + side, y + side)
         kind, colour = SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
