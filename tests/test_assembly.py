@@ -133,3 +133,14 @@ def test_generate_cli_end_to_end(tiny_manifest: Path, tmp_path: Path, images: li
                  "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.endswith("\n")  # one printed answer (a random model's text)
     assert main(["generate", str(run), "--image", "missing.png", "--prompt", "x"]) == 2
+
+
+def test_llava_13b_and_lora_counts() -> None:
+    """LLaVA-1.5-13B: Vicuna-13B 13,015,864,320 + mlp2x_gelu 31,467,520 (1024→5120→5120) + CLIP; the 7B
+    LoRA recipe (r 128 on every LLM linear) trains 319,815,680 LoRA parameters."""
+    big = assemble(EXAMPLES / "llava-1.5-13b.toml")
+    assert big.parameters == {"llm": 13_015_864_320, "encoders.vision": 303_507_456,
+                              "projectors.vision": 31_467_520}
+    lora = assemble(EXAMPLES / "llava-1.5-7b-lora.toml")
+    assert lora.trainable["instruct"] == {"llm": 319_815_680, "encoders.vision": 0,
+                                          "projectors.vision": 20_979_712}
