@@ -274,3 +274,10 @@ def test_a_stage_that_skips_everything_stops(make_run: Any, capsys: pytest.Captu
     assert main(["train", str(run)]) == 2
     err = capsys.readouterr().err
     assert "every record so far was skipped" in err and "over-length" in err
+
+
+def test_modality_length_grouping_trains(make_run: Any) -> None:
+    """A stage with group_by_modality_length (LLaVA's sampler) builds its order and trains."""
+    run = make_run(align_steps=1, instruct_steps=2, extra="group_by_modality_length = true")
+    assert main(["train", str(run)]) == 0
+    assert len(_steps(run, "instruct")) == 2

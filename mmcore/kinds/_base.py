@@ -78,10 +78,6 @@ class Component(nn.Module):
         """BuildContext fields to override in conformance tests (e.g. an LLM width equal to the input)."""
         return {}
 
-    def dtype_policy(self) -> torch.dtype | None:
-        """A dtype this component must run in whatever the stage precision (None: follow it)."""
-        return None
-
 
 class DataComponent(ABC):
     """Base of the components that are not modules (dataset, template, box codec): a Config and a name."""

@@ -88,12 +88,12 @@ class StageData(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return LoadedBatch(batch, skipped, first, int(batch.attention_mask.sum()))
 
 
-def modality_lengths(data: StageData) -> list[int]:
+def modality_lengths(datasets: dict[str, Dataset], order: list[Item]) -> list[int]:
     """LLaVA `modality_lengths`: word count, positive with media and negative for text-only samples."""
     lengths = []
-    for position in range(len(data)):
+    for name, index in order:
         try:
-            sample = data.sample(position)
+            sample = datasets[name][index]
         except SampleError:
             lengths.append(1)
             continue

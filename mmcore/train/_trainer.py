@@ -63,7 +63,6 @@ class Trainer:
         datasets = build_datasets(self.assembly, names)
         sizes = {n: len(d) for n, d in datasets.items()}
         seed = self.manifest.seed * 1000 + index
-        probe = StageData(self.pipeline, datasets, [], stage.template)
 
         def task_of(name: str, i: int) -> str | None:
             return datasets[name][i].task
@@ -71,8 +70,8 @@ class Trainer:
         def epoch(e: int) -> list[tuple[str, int]]:
             order = epoch_order(sizes, stage.mixture, seed, e, task_of, stage.sample_cap, stage.samples_per_epoch)
             if stage.group_by_modality_length:
-                probe.order = order
-                order = group_by_modality_length(order, modality_lengths(probe), global_batch, seed + e)
+                lengths = modality_lengths(datasets, order)
+                order = group_by_modality_length(order, lengths, global_batch, seed + e)
             return order
 
         order, steps = stage_order(epoch, stage.epochs, stage.max_steps, global_batch)

@@ -105,8 +105,9 @@ class ClipEncoder(Encoder):
     def output_spec(self) -> FeatureSpec:
         side = self.image_size // self.patch_size
         keep_cls = self.config.select_feature == "cls_patch"
-        return FeatureSpec(dim=int(self.vision.config.hidden_size), num_tokens=side * side + int(keep_cls),
-                           grid=None if keep_cls else (side, side))
+        width = int(self.vision.config.hidden_size)
+        return FeatureSpec(dim=width, num_tokens=side * side + int(keep_cls),
+                           grid=None if keep_cls else (side, side), pooled_dim=width)  # pooled: the layer's CLS
 
     def input_shape(self, modality: str) -> tuple[int, ...]:
         return (3, self.image_size, self.image_size)
