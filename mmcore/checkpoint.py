@@ -10,7 +10,7 @@ from torch import nn
 
 from mmcore.errors import MmcoreError
 
-__all__ = ["load_component_weights", "save_component_weights"]
+__all__ = ["load_component_weights", "load_into", "read_state_file", "save_component_weights"]
 
 
 def save_component_weights(modules: dict[str, nn.Module], folder: Path) -> list[Path]:
@@ -42,9 +42,49 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a torch pickle read with `weights_only=True` only
+    (LLaVA's `mm_projector.bin`, `non_lora_trainables.bin`, `adapter_model.bin`)."""
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MmcoreError(f"weights {path}: not loadable with weights_only=True ({first[:160]}); mmcore never "
+                          f"unpickles arbitrary objects: convert it to safetensors where you trust it") from None
+    except (SafetensorError, OSError, EOFError, ValueError) as err:
+        raise MmcoreError(f"weights {path}: cannot be read ({err}); re-download or re-save it") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MmcoreError(f"weights {path}: not a state dict (name → tensor); save one with "
+                          f"torch.save(module.state_dict())")
+    return state
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Strict load with a one-line error naming the first missing / unexpected keys and shape clashes."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    clashes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+               if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or clashes:
+        raise MmcoreError(f"weights {origin}: do not fit '{type(module).__name__}' (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}, shape {clashes[:2]}); check the file is for this "
+                          f"component and configuration")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
 def load_component_weights(modules: dict[str, nn.Module], folder: Path) -> list[str]:
     """Load every `folder/<name>.safetensors` that exists into its module; return the names loaded."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     loaded = []
@@ -54,9 +94,13 @@ def load_component_weights(modules: dict[str, nn.Module], folder: Path) -> list[
             continue
         try:
             state = load_file(str(path))
+            with safe_open(str(path), "pt") as handle:
+                subset = bool((handle.metadata() or {}).get("subset"))  # e.g. LoRA adapters only (import llava)
         except (SafetensorError, OSError) as err:
             raise MmcoreError(f"checkpoint {path}: cannot be read ({err}); restore it or delete it") from None
         missing, unexpected = module.load_state_dict(state, strict=False)
+        if subset:
+            missing = []
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
             raise MmcoreError(f"checkpoint {path}: keys do not match component '{name}' "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it written for "

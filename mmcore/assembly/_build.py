@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -69,11 +70,24 @@ def build_component(site: ComponentSite, registry: Registry, kind: str, spec: Co
         raise ManifestError(str(err)) from None
     config = validate_options(site, resolved.cls, spec.options())
     try:
-        return resolved.cls(config, ctx), resolved
+        component = resolved.cls(config, ctx)
+        if spec.weights is not None:
+            _load_weights(component, ctx.path(spec.weights), ctx.on_meta)
+        return component, resolved
     except ManifestError:
         raise
     except MmcoreError as err:
         raise site.error(str(err)) from None
+
+
+def _load_weights(component: Any, path: Path, on_meta: bool) -> None:
+    """`weights = "FILE"`: checked on the meta device, loaded (strictly, after key adaptation) otherwise."""
+    from mmcore.checkpoint import load_into, read_state_file
+
+    if not path.is_file():
+        raise MmcoreError(f"weights {path}: no such file; fix the path")
+    if not on_meta:
+        load_into(component, component.adapt_state_dict(read_state_file(path)), str(path))
 
 
 def unknown_template(site: ComponentSite, registry: Registry, name: str) -> ManifestError:

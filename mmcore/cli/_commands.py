@@ -153,17 +153,56 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="write the final model (every component) with its manifest and lock")
-    p.add_argument("run", help="trained run directory")
+    p = sub.add_parser("export", help="write the final model: an mmcore run, or a transformers Llava directory")
+    p.add_argument("run", help="run directory (trained, or imported)")
     p.add_argument("output", help="directory to create")
+    p.add_argument("--format", choices=["mmcore", "hf-llava"], default="mmcore",
+                   help="mmcore: manifest + lock + per-component weights; hf-llava: a directory "
+                        "LlavaForConditionalGeneration / AutoProcessor load (LoRA merged)")
     p.add_argument("--merge-lora", action="store_true", help="fold LoRA adapters into the LLM's weights")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    run, output = Path(args.run), Path(args.output)
+    if not (run / "assembly.lock").exists():
+        raise MmcoreError(f"{run}: no assembly.lock; pass a run directory (from assemble, train or import)")
+    if args.format == "hf-llava":
+        from mmcore.interop import export_hf_llava
+
+        print(f"wrote {export_hf_llava(run, output)}")
+        return 0
     from mmcore.export import export_run
 
-    print(f"wrote {export_run(Path(args.run), Path(args.output), merge_lora=args.merge_lora)}")
+    print(f"wrote {export_run(run, output, merge_lora=args.merge_lora)}")
+    return 0
+
+
+def add_import(sub: Any) -> None:
+    p = sub.add_parser("import", help="turn a transformers Llava or a LLaVA checkpoint into an mmcore run")
+    p.add_argument("format", choices=["hf-llava", "llava"],
+                   help="hf-llava: a LlavaForConditionalGeneration directory; llava: a haotian-liu/LLaVA "
+                        "output_dir (mm_projector.bin, a LoRA run, or a full finetune)")
+    p.add_argument("source", help="the checkpoint directory")
+    p.add_argument("-o", "--output", required=True, help="run directory to create")
+    p.add_argument("--llm", default=None, help="llava: the base LLM directory for pretrain and LoRA runs")
+    p.add_argument("--vision", default=None, help="llava: the CLIP directory (default: mm_vision_tower)")
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    source, output = Path(args.source), Path(args.output)
+    if not source.is_dir():
+        raise MmcoreError(f"{source}: no such directory; pass the checkpoint folder")
+    if args.format == "hf-llava" and (args.llm or args.vision):
+        raise MmcoreError("--llm / --vision are for `import llava`; a hf-llava directory holds every part")
+    from mmcore.interop import import_hf_llava, import_llava
+
+    if args.format == "hf-llava":
+        import_hf_llava(source, output)
+    else:
+        import_llava(source, output, llm=args.llm, vision=args.vision)
+    print(f"wrote {output} (next: mmcore generate {output} --image IMG --prompt '...')")
     return 0
 
 

@@ -10,7 +10,7 @@ from mmcore.errors import MmcoreError
 
 __all__ = ["build_parser", "main"]
 
-BUILTIN_COMMANDS = ("plugins", "assemble", "train", "eval", "export", "generate", "plugin")
+BUILTIN_COMMANDS = ("plugins", "assemble", "train", "eval", "export", "import", "generate", "plugin")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     _commands.add_train(sub)
     _commands.add_eval(sub)
     _commands.add_export(sub)
+    _commands.add_import(sub)
     _commands.add_generate(sub)
     _commands.add_plugin_new(sub)
     return parser

@@ -78,6 +78,23 @@ class Component(nn.Module):
         """BuildContext fields to override in conformance tests (e.g. an LLM width equal to the input)."""
         return {}
 
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a foreign checkpoint's keys onto this module's (`weights = FILE`). The default accepts
+        the module's own keys, or keys under one common prefix (`model.mm_projector.`, `abstractor.`)
+        that it strips. Components with upstream layouts override this."""
+        own = set(self.state_dict())
+        if set(state) <= own:
+            return state
+        for key in own:
+            for found in state:
+                if found.endswith("." + key):
+                    prefix = found[: -len(key)]
+                    stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                    if set(stripped) <= own and len(stripped) == len(state):
+                        return stripped
+            break
+        return state
+
 
 class DataComponent(ABC):
     """Base of the components that are not modules (dataset, template, box codec): a Config and a name."""

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # Keys of a component table that the core reads; every other key belongs to the component.
-GENERIC_KEYS = {"type", "modalities", "encoder"}
+GENERIC_KEYS = {"type", "modalities", "encoder", "weights"}
 
 
 class _Strict(BaseModel):
@@ -35,6 +35,10 @@ class ComponentSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
     type: str
+    # A weights file loaded after construction: safetensors, or a torch pickle (read with weights_only)
+    # such as LLaVA's `mm_projector.bin` (its `--pretrain_mm_mlp_adapter`); keys go through the
+    # component's `adapt_state_dict`.
+    weights: str | None = None
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if k not in GENERIC_KEYS}

@@ -36,6 +36,18 @@ class _TokenwiseProjector(Projector):
     def forward(self, features: Features) -> torch.Tensor:
         return self.layers(features.tokens)  # (B, N, C) → (B, N, D_llm)
 
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """LLaVA layouts (`mm_projector.bin`, `non_lora_trainables.bin`, full checkpoints): keep the keys
+        after `mm_projector.` as LLaVA's `get_w` does, so `model.mm_projector.0.weight` → `layers.0.weight`.
+        transformers' Llava: `multi_modal_projector.linear_1/linear_2` → `layers.0/layers.2`."""
+        if any("mm_projector." in k for k in state):
+            state = {"layers." + k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
+        elif any("multi_modal_projector." in k for k in state):
+            index = {"linear_1": "layers.0.", "linear_2": "layers.2."}
+            state = {index[k.split("multi_modal_projector.", 1)[1].split(".")[0]] + k.rsplit(".", 1)[1]: v
+                     for k, v in state.items() if "multi_modal_projector." in k}
+        return super().adapt_state_dict(state)
+
 
 class MlpProjector(_TokenwiseProjector):
     Config: ClassVar[type[ComponentConfig]] = MlpConfig

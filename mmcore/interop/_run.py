@@ -1,0 +1,57 @@
+"""Writing a folder from outside: built beside its final place, renamed into place on success."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mmcore.errors import MmcoreError
+
+__all__ = ["new_folder", "new_run", "toml_value"]
+
+
+@contextmanager
+def new_folder(output: Path) -> Iterator[Path]:
+    """Yield a scratch folder that becomes `output` on success. `output` must not exist, so nothing
+    already written can be lost; a failure leaves nothing behind."""
+    if output.exists():
+        raise MmcoreError(f"{output}: already exists; choose a new directory (nothing was written)")
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def new_run(run: Path) -> Iterator[Path]:
+    """`new_folder` for a run: once in place, it is assembled and gets its `assembly.lock` (base_dir
+    must be the final folder); if that fails the run is removed."""
+    with new_folder(run) as tmp:
+        yield tmp
+    try:
+        from mmcore.assembly import assemble, write_lock
+
+        write_lock(assemble(run / "manifest.toml"), run)
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def toml_value(value: object) -> str:
+    """A TOML literal for the simple values the manifests written here contain."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
