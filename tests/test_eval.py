@@ -52,6 +52,25 @@ def test_batched_eval_equals_batch_size_one(tiny_pipeline: Any) -> None:
     assert summarize(batched)["samples"] == 8 and "refer" in summarize(batched)
 
 
+def test_answer_format_prompts_and_batch_8(tiny_pipeline: Any) -> None:
+    """LLaVA's answer-format lines follow the question; with them, batch 8 answers exactly as batch 1."""
+    from mmcore.eval._evaluate import ANSWER_FORMATS, _prompt
+    from mmcore.kinds import Sample, Turn
+
+    sample = Sample("s", [Turn("user", "<image>\nWhat colour?"), Turn("assistant", "red")], {"image": []})
+    assert _prompt(sample, "short").conversation[-1].text == ("<image>\nWhat colour?\nAnswer the question using "
+                                                              "a single word or phrase.")
+    assert _prompt(sample, "choice").conversation[-1].text.endswith(
+        "\nAnswer with the option's letter from the given choices directly.")
+    assert _prompt(sample, "none").conversation == sample.conversation[:1] and ANSWER_FORMATS["none"] == ""
+    data = SyntheticShapes(ShapesConfig(split="val", size=12, image_size=28, tasks=["vqa/colour", "vqa/shape"]),
+                           BuildContext(name="val"))
+    codec = HoneybeeBoxes(HoneybeeBoxes.Config(), BuildContext(name="c"))
+    batched = evaluate(tiny_pipeline, data, "vicuna_v1", codec, batch_size=8, max_new_tokens=5, answer_format="short")
+    single = evaluate(tiny_pipeline, data, "vicuna_v1", codec, batch_size=1, max_new_tokens=5, answer_format="short")
+    assert len(batched) == 24 and [r.answer for r in batched] == [r.answer for r in single]
+
+
 def test_eval_cli_writes_reports(tiny_pipeline: Any, tiny_model_text: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`mmcore eval RUN --data NAME` writes metrics.json, answers.jsonl and a PNG sheet; a bad name exits 2."""

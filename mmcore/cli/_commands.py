@@ -132,6 +132,9 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--template", default=None)
     p.add_argument("--box-codec", default=None, help="honeybee or minigpt (how boxes are written)")
+    p.add_argument("--answer-format", choices=["none", "short", "choice"], default=None,
+                   help="LLaVA's line after the question: short = 'Answer the question using a single word or "
+                        "phrase.', choice = 'Answer with the option's letter from the given choices directly.'")
     p.set_defaults(func=run_eval)
 
 
@@ -146,7 +149,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from mmcore.eval import evaluate_run
 
     results = evaluate_run(run, args.data, batch_size=args.batch_size, limit=args.limit,
-                           max_new_tokens=args.max_new_tokens, template=args.template, box_codec=args.box_codec)
+                           max_new_tokens=args.max_new_tokens, template=args.template, box_codec=args.box_codec,
+                           answer_format=args.answer_format)
     print(json.dumps(results, indent=2))
     print(f"wrote {run / 'eval'}")
     return 0

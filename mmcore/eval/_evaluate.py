@@ -9,11 +9,18 @@ from typing import Any
 
 from mmcore.errors import SampleError
 from mmcore.eval._metrics import box_iou, token_f1, vqa_match
-from mmcore.kinds import Dataset, Sample
+from mmcore.kinds import Dataset, Sample, Turn
 from mmcore.kinds.codec import BoxCodec
 from mmcore.pipeline import Pipeline
 
-__all__ = ["EvalRecord", "evaluate", "summarize", "write_report"]
+__all__ = ["ANSWER_FORMATS", "EvalRecord", "evaluate", "summarize", "write_report"]
+
+# LLaVA docs/Evaluation.md (upstream-systems.md §1.9): appended to the question on a new line.
+ANSWER_FORMATS = {
+    "none": "",  # open-ended (LLaVA-Bench, MM-Vet)
+    "short": "Answer the question using a single word or phrase.",  # VQAv2, GQA, VizWiz, TextVQA, POPE
+    "choice": "Answer with the option's letter from the given choices directly.",  # MMBench, ScienceQA, SEED
+}
 
 
 @dataclass
@@ -27,11 +34,15 @@ class EvalRecord:
     image: Any = None
 
 
-def _prompt(sample: Sample) -> Sample:
-    """The sample without its last assistant turn (the reference)."""
+def _prompt(sample: Sample, answer_format: str = "none") -> Sample:
+    """The sample without its last assistant turn (the reference), with the answer-format line appended
+    to the last question."""
     turns = list(sample.conversation)
     while turns and turns[-1].role == "assistant":
         turns.pop()
+    suffix = ANSWER_FORMATS[answer_format]
+    if suffix and turns and not turns[-1].text.rstrip().endswith(suffix):
+        turns[-1] = Turn(turns[-1].role, f"{turns[-1].text}\n{suffix}")
     return Sample(sample.id, turns, sample.media, sample.targets, sample.task)
 
 
@@ -47,7 +58,7 @@ def _score(task: str, answer: str, reference: str, sample: Sample, codec: BoxCod
 
 
 def evaluate(pipeline: Pipeline, dataset: Dataset, template: str, codec: BoxCodec, batch_size: int = 8,
-             max_new_tokens: int = 32, limit: int | None = None) -> list[EvalRecord]:
+             max_new_tokens: int = 32, limit: int | None = None, answer_format: str = "none") -> list[EvalRecord]:
     """Greedy answers for every sample (batched, left-padded) scored against its last reply."""
     indices = range(min(len(dataset), limit or len(dataset)))
     records: list[EvalRecord] = []
@@ -58,7 +69,7 @@ def evaluate(pipeline: Pipeline, dataset: Dataset, template: str, codec: BoxCode
                 samples.append(dataset[index])
             except SampleError:
                 continue
-        prompts = [_prompt(s) for s in samples]
+        prompts = [_prompt(s, answer_format) for s in samples]
         batch = pipeline.batch(prompts, template, train=False).to(pipeline.device)
         new_tokens = pipeline.model.generate(batch, max_new_tokens=max_new_tokens)
         for sample, answer in zip(samples, pipeline.decode(new_tokens, template), strict=True):

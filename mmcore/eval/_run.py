@@ -49,7 +49,7 @@ def evaluate_run(run_dir: Path, datasets: list[str] | None = None, pipeline: Pip
     for name in names:
         dataset = _dataset(pipeline, manifest, Path(lock["base_dir"]), name)
         records = evaluate(pipeline, dataset, template, codec, settings.batch_size, settings.max_new_tokens,
-                           settings.limit)
+                           settings.limit, settings.answer_format)
         results[name] = summarize(records)
         write_report(records, results[name], run_dir / "eval" / Path(name).stem, settings.sheet_size)
     (run_dir / "eval").mkdir(exist_ok=True)

@@ -125,6 +125,8 @@ class EvalSpec(_Strict):
     max_new_tokens: PositiveInt = 32
     limit: PositiveInt | None = None  # at most this many samples per dataset
     box_codec: str = "honeybee"
+    # LLaVA's answer-format line after the question: "short" (single word or phrase), "choice" (option letter)
+    answer_format: Literal["none", "short", "choice"] = "none"
     sheet_size: int = Field(12, ge=0)  # images on the PNG sheet
 
 
