@@ -281,3 +281,37 @@ def test_modality_length_grouping_trains(make_run: Any) -> None:
     run = make_run(align_steps=1, instruct_steps=2, extra="group_by_modality_length = true")
     assert main(["train", str(run)]) == 0
     assert len(_steps(run, "instruct")) == 2
+
+
+def test_stage_preprocessing_override(make_run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[stages.preprocess.vision]` changes the encoder's preprocessing for that stage only (LLaVA-1.5:
+    square in pretraining, pad in finetuning)."""
+    from mmcore_plugin_clip.encoder import ClipEncoder
+
+    from mmcore.train import train
+
+    seen: list[str] = []
+    original = ClipEncoder.preprocess
+
+    def spy(self: ClipEncoder, item: Any, modality: str) -> torch.Tensor:
+        seen.append(self.config.image_aspect_ratio)
+        return original(self, item, modality)
+
+    monkeypatch.setattr(ClipEncoder, "preprocess", spy)
+    run = make_run(align_steps=1, instruct_steps=1,
+                   extra='[stages.preprocess.vision]\nimage_aspect_ratio = "square"')
+    trainer = train(run)
+    assert seen[:8] == ["pad"] * 8 and seen[8:16] == ["square"] * 8
+    assert trainer.model.encoders["vision"].config.image_aspect_ratio == "pad"
+
+
+def test_stage_preprocessing_override_is_checked(make_run: Any) -> None:
+    """An unknown encoder or a non-preprocessing option in `[stages.preprocess]` is a manifest error."""
+    from mmcore.errors import ManifestError
+
+    with pytest.raises(ManifestError, match=r"preprocess names encoder 'visoin'.*did you mean 'vision'"):
+        make_run(extra='[stages.preprocess.visoin]\nimage_aspect_ratio = "square"')
+    with pytest.raises(ManifestError, match=r"\['select_layer'\] cannot change per stage"):
+        make_run(name="r2", extra="[stages.preprocess.vision]\nselect_layer = -1")
+    with pytest.raises(ManifestError, match="image_aspect_ratio"):
+        make_run(name="r3", extra='[stages.preprocess.vision]\nimage_aspect_ratio = "crop"')

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from mmcore.assembly._build import ComponentSite, build_component, unknown_template
 from mmcore.assembly._params import count, stage_trainable
-from mmcore.errors import MmcoreError
+from mmcore.errors import MmcoreError, choices_text, did_you_mean
 from mmcore.kinds import AdapterProjector, BuildContext, ComponentConfig, Encoder
 from mmcore.manifest import LoadedManifest, load_manifest
 from mmcore.model import MultimodalModel
@@ -119,6 +119,26 @@ def _check_stages(loaded: LoadedManifest, registry: Registry, assembly: Assembly
             assembly.trainable[stage.name] = stage_trainable(loaded.manifest, modules, stage, targets)
         except MmcoreError as err:
             raise site.error(str(err)) from None
+        for encoder_name, options in stage.preprocess.items():
+            encoder = assembly.model.encoders[encoder_name] if encoder_name in assembly.model.encoders else None
+            if encoder is None:
+                names = list(assembly.model.encoders)
+                raise site.error(f"preprocess names encoder '{encoder_name}'{did_you_mean(encoder_name, names)}; "
+                                 f"encoders: {choices_text(names)}", "preprocess")
+            try:
+                previous = cast(Encoder, encoder).with_preprocessing(**options)
+                cast(Encoder, encoder).with_preprocessing(**previous)
+            except (MmcoreError, ValueError) as err:
+                first = str(err).splitlines()[0] if isinstance(err, MmcoreError) else _pydantic_line(err)
+                raise site.error(f"preprocess.{encoder_name}: {first}", "preprocess") from None
+
+
+def _pydantic_line(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(err).splitlines()[0]
 
 
 def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | torch.device = "meta",

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mmcore.errors import MmcoreError
 from mmcore.kinds._base import Component, FeatureSpec
 
 __all__ = ["Encoder", "Features"]
@@ -31,6 +32,18 @@ class Encoder(Component):
 
     kind: ClassVar[str] = "encoder"
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+    # Config fields that only change `preprocess`; a stage may override them (`[stages.preprocess.NAME]`).
+    preprocessing_fields: ClassVar[tuple[str, ...]] = ()
+
+    def with_preprocessing(self, **options: Any) -> dict[str, Any]:
+        """Apply a stage's preprocessing overrides (validated by the Config); return the previous values."""
+        unknown = sorted(set(options) - set(self.preprocessing_fields))
+        if unknown:
+            raise MmcoreError(f"{unknown} cannot change per stage; preprocessing options of "
+                              f"{type(self).__name__}: {list(self.preprocessing_fields) or 'none'}")
+        previous = {k: getattr(self.config, k) for k in options}
+        self.config = type(self.config).model_validate({**self.config.model_dump(), **options})
+        return previous
 
     @property
     @abstractmethod

@@ -113,6 +113,9 @@ class StageSpec(_Strict):
     gradient_checkpointing: bool = False
     engine: Literal["single", "ddp", "deepspeed-zero2", "deepspeed-zero3"] = "single"
     group_by_modality_length: bool = False  # LLaVA's LengthGroupedSampler(group_by_modality=True)
+    # encoder name → preprocessing options for this stage only, e.g. LLaVA-1.5 pretrains with
+    # image_aspect_ratio = "square" and finetunes with "pad": [stages.preprocess.vision]
+    preprocess: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log_every: PositiveInt = 10
     save_every: PositiveInt | None = None  # steps between checkpoints (default: end of stage only)
     tensorboard: bool = False

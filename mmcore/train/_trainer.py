@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from mmcore.errors import MmcoreError
+from mmcore.kinds import Encoder
 from mmcore.manifest import StageSpec
 from mmcore.pipeline import Pipeline
 from mmcore.train._checkpoint import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
@@ -122,7 +123,13 @@ class Trainer:
             engine.load_state(self.run_dir / "checkpoints" / "deepspeed", checkpoint.name)
         if resuming:
             self.log.event(kind="resume", stage=stage.name, step=self.state.step)
-        self._loop(stage, data, engine, batch, accum)
+        restore = {name: cast(Encoder, self.model.encoders[name]).with_preprocessing(**options)
+                   for name, options in stage.preprocess.items()}  # e.g. LLaVA pretrain: square, not pad
+        try:
+            self._loop(stage, data, engine, batch, accum)
+        finally:
+            for name, previous in restore.items():
+                cast(Encoder, self.model.encoders[name]).with_preprocessing(**previous)
         self.state.stage_index, self.state.step = index + 1, 0
         self.engine = engine
         self._save(engine)

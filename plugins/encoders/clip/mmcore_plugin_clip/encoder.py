@@ -65,6 +65,7 @@ class ClipEncoder(Encoder):
 
     Config: ClassVar[type[ComponentConfig]] = ClipEncoderConfig
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+    preprocessing_fields: ClassVar[tuple[str, ...]] = ("image_aspect_ratio", "pad_color")
     vision: Any  # transformers CLIPVisionModel
 
     def __init__(self, config: ClipEncoderConfig, ctx: BuildContext) -> None:
