@@ -27,10 +27,10 @@ class ModelOutput:
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Shifted next-token cross-entropy, mean over supervised tokens (transformers' ForCausalLMLoss)."""
-    shifted = labels[:, 1:].reshape(-1)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted,
-                           ignore_index=IGNORE_INDEX)
+    """Next-token cross-entropy, mean over supervised tokens. As transformers' ForCausalLMLoss, the
+    labels are shifted (padded with IGNORE), not the logits: slicing (B, L, V) logits would copy them."""
+    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), shifted, ignore_index=IGNORE_INDEX)
 
 
 class MultimodalModel(nn.Module):
