@@ -13,7 +13,7 @@ from torch import nn
 from mmcore.kinds import LLM, AdapterProjector, Encoder, Features, Head, Projector, Retriever
 from mmcore.sequence import IGNORE_INDEX, Batch
 
-__all__ = ["ModelOutput", "MultimodalModel"]
+__all__ = ["ModelOutput", "MultimodalModel", "run_in_policy"]
 
 
 @dataclass
@@ -31,6 +31,23 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     labels are shifted (padded with IGNORE), not the logits: slicing (B, L, V) logits would copy them."""
     shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)
     return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), shifted, ignore_index=IGNORE_INDEX)
+
+
+def run_in_policy(component: nn.Module, features: Features) -> torch.Tensor:
+    """Call `component` honouring its `compute_dtype`: autocast off, floating inputs cast to that dtype."""
+    dtype = getattr(component, "compute_dtype", None)
+    if dtype is None:
+        return component(features)
+    tokens = features.tokens
+
+    def cast_(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.to(dtype) if t is not None and t.is_floating_point() else t
+
+    levels = tuple(cast(torch.Tensor, cast_(t)) for t in features.levels) if features.levels is not None else None
+    cast_features = Features(tokens=cast(torch.Tensor, cast_(tokens)), grid=features.grid,
+                             pooled=cast_(features.pooled), levels=levels)
+    with torch.autocast(tokens.device.type, enabled=False):
+        return component(cast_features)
 
 
 class MultimodalModel(nn.Module):
@@ -119,7 +136,7 @@ class MultimodalModel(nn.Module):
                 continue
             name = self.modality_encoder[modality]
             projector = cast(Projector, self.projectors[name])
-            projected = projector(self._encode(modality, batch.media[modality]))  # (N_m, M, D)
+            projected = run_in_policy(projector, self._encode(modality, batch.media[modality]))  # (N_m, M, D)
             if isinstance(projector, AdapterProjector):
                 summed = projected.new_zeros((batch_size, *projected.shape[1:]))
                 self._conditions[name] = summed.index_add(0, batch.media_sample_index[modality], projected)

@@ -62,6 +62,10 @@ class Component(nn.Module):
     kind: ClassVar[str] = "component"
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
     config: Any  # an instance of `Config` (typed Any so subclasses read their own fields)
+    # dtype policy: a component that must compute in one dtype whatever the stage's precision (the
+    # D-Abstractor runs in fp32 inside bf16 training) sets this. The model runs it with autocast off and
+    # its inputs cast; every engine keeps its weights in this dtype.
+    compute_dtype: ClassVar[torch.dtype | None] = None
 
     def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
         super().__init__()

@@ -20,8 +20,11 @@ from mmcore.sequence import Batch
 __all__ = ["DeepSpeedEngine", "deepspeed_config"]
 
 
-def deepspeed_config(stage: StageSpec, batch: int, accum: int, world: int) -> dict[str, Any]:
-    """LLaVA's scripts/zero2.json / zero3.json with the stage's numbers filled in."""
+def deepspeed_config(stage: StageSpec, batch: int, accum: int, world: int,
+                     keep_fp32: bool = False) -> dict[str, Any]:
+    """LLaVA's scripts/zero2.json / zero3.json with the stage's numbers filled in. `keep_fp32`: a
+    component's dtype policy forbids DeepSpeed's bf16 weight cast; bf16 then comes from torch autocast
+    (Honeybee's AbstractorTypeConvertCallback re-cast its D-Abstractor to fp32 every step instead)."""
     zero: dict[str, Any] = {"stage": 3 if stage.engine.endswith("3") else 2, "overlap_comm": False,
                             "contiguous_gradients": True, "sub_group_size": int(1e9)}
     if zero["stage"] == 3:
@@ -33,7 +36,7 @@ def deepspeed_config(stage: StageSpec, batch: int, accum: int, world: int) -> di
         "train_batch_size": batch * accum * world,
         "gradient_clipping": stage.grad_clip or 0.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": stage.precision == "bf16"},
+        "bf16": {"enabled": stage.precision == "bf16" and not keep_fp32},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
@@ -63,7 +66,8 @@ class DeepSpeedEngine:
         self.stage, self.world, self.accum = stage, world, accum
         self.model = model
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        config = deepspeed_config(stage, stage.batch_size, accum, world.size)
+        self.keep_fp32 = any(getattr(m, "compute_dtype", None) is not None for m in model.modules())
+        config = deepspeed_config(stage, stage.batch_size, accum, world.size, self.keep_fp32)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
         self.zero3 = config["zero_optimization"]["stage"] == 3
@@ -72,7 +76,9 @@ class DeepSpeedEngine:
         if batch is None:
             loss = sum(p.sum() for p in self.params) * 0.0
         else:
-            loss = self.ds(batch.to(self.world.device)).loss
+            autocast = self.keep_fp32 and self.stage.precision == "bf16"
+            with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = self.ds(batch.to(self.world.device)).loss
         self.ds.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
         self.ds.step()  # an optimizer step only at the accumulation boundary
         return float(loss.detach().float())

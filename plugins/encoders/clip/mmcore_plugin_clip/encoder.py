@@ -30,8 +30,12 @@ class ClipEncoderConfig(ComponentConfig):
     init: Literal["pretrained", "random"] = "pretrained"
     select_layer: int = -2  # LLaVA-1.5 `--mm_vision_select_layer -2`
     select_feature: Literal["patch", "cls_patch"] = "patch"
-    image_aspect_ratio: Literal["pad", "square"] = "pad"  # "square": processor only (LLaVA pretraining)
+    # "pad": expand2square then the processor (LLaVA finetune); "square": the processor alone, resize the
+    # short side and centre-crop (LLaVA pretrain); "resize": squash to S × S, bicubic (Honeybee DefaultProcessor)
+    image_aspect_ratio: Literal["pad", "square", "resize"] = "pad"
     pad_color: Literal["mean"] | tuple[int, int, int] = "mean"  # u-LLaVA pads with (255, 255, 255)
+    # several hidden layers as feature levels (Honeybee's list `feature_layer_index`, for the D-Abstractor)
+    feature_levels: list[int] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ClipEncoderConfig:
@@ -81,9 +85,10 @@ class ClipEncoder(Encoder):
         options.pop("model_type", None)
         hf_config: Any = CLIPVisionConfig(**options)
         layers = hf_config.num_hidden_layers
-        if not -layers - 1 <= config.select_layer <= layers:
-            raise MmcoreError(f"select_layer {config.select_layer} is outside the {layers} layers of this "
-                              f"CLIP; use a value in -{layers}..-1")
+        for value in [config.select_layer, *(config.feature_levels or [])]:
+            if not -layers - 1 <= value <= layers or value == 0:
+                raise MmcoreError(f"layer {value} (select_layer / feature_levels) is outside the {layers} layers "
+                                  f"of this CLIP; use values in -{layers}..-1")
         if source is not None and config.init == "pretrained" and not ctx.on_meta:
             if source.path is None:
                 raise MmcoreError(f"encoder source '{config.source}': weights are not on this machine (only "
@@ -108,7 +113,8 @@ class ClipEncoder(Encoder):
         keep_cls = self.config.select_feature == "cls_patch"
         width = int(self.vision.config.hidden_size)
         return FeatureSpec(dim=width, num_tokens=side * side + int(keep_cls),
-                           grid=None if keep_cls else (side, side), pooled_dim=width)  # pooled: the layer's CLS
+                           grid=None if keep_cls else (side, side), pooled_dim=width,  # pooled: the layer's CLS
+                           num_levels=len(self.config.feature_levels or [None]))
 
     def input_shape(self, modality: str) -> tuple[int, ...]:
         return (3, self.image_size, self.image_size)
@@ -136,6 +142,8 @@ class ClipEncoder(Encoder):
             if color == "mean":  # LLaVA: tuple(int(x * 255) for x in processor.image_mean)
                 color = tuple(int(x * 255) for x in self.processor.image_mean)
             image = expand_to_square(image, tuple(color))
+        elif self.config.image_aspect_ratio == "resize":
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
         return pixels  # (3, S, S)
 
@@ -145,6 +153,6 @@ class ClipEncoder(Encoder):
         out = self.vision(pixel_values=media.to(dtype), output_hidden_states=True)
         tokens = out.hidden_states[self.config.select_layer]  # (B, 1 + N, C)
         pooled = tokens[:, 0]
-        if self.config.select_feature == "patch":
-            tokens = tokens[:, 1:]  # (B, N, C) CLS dropped
-        return Features(tokens=tokens, grid=self.output_spec.grid, pooled=pooled)
+        start = 1 if self.config.select_feature == "patch" else 0  # "patch": CLS dropped
+        levels = tuple(out.hidden_states[i][:, start:] for i in self.config.feature_levels or [])
+        return Features(tokens=tokens[:, start:], grid=self.output_spec.grid, pooled=pooled, levels=levels or None)

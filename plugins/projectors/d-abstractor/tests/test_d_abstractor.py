@@ -1,0 +1,153 @@
+"""D-Abstractor and resampler: transformers' deformable layers, grid reference points, query modes,
+multi-level features, fp32 inside bf16, and a tiny model that trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmcore_plugin_d_abstractor.abstractor import DAbstractor, DAbstractorConfig
+from mmcore_plugin_d_abstractor.resampler import Resampler, ResamplerConfig
+
+from mmcore.kinds import BuildContext, Features, FeatureSpec
+
+
+def _build(levels: int = 1, **options: object) -> DAbstractor:
+    spec = FeatureSpec(dim=8, num_tokens=16, grid=(4, 4), num_levels=levels)
+    config = DAbstractorConfig.model_validate({"hidden_size": 16, "decoder_layers": 2, "decoder_attention_heads": 2,
+                                               "decoder_ffn_dim": 32, "num_queries": 4, **options})
+    return DAbstractor(config, BuildContext(name="vision", upstream=spec, llm_hidden_size=12))
+
+
+def test_deformable_layers_from_transformers_with_their_init() -> None:
+    """Layers are transformers' DeformableDetrDecoderLayer, initialised by transformers (zero sampling-offset
+    weights, zero attention weights)."""
+    from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrDecoderLayer
+
+    model = _build()
+    assert all(isinstance(layer, DeformableDetrDecoderLayer) for layer in model.layers) and len(model.layers) == 2
+    attention = model.layers[0].encoder_attn
+    assert attention.n_points == 4 and attention.n_levels == 1
+    assert float(attention.sampling_offsets.weight.detach().abs().sum()) == 0.0
+    assert float(attention.attention_weights.weight.detach().abs().sum()) == 0.0
+
+
+def test_reference_points_start_on_a_uniform_grid_and_learn() -> None:
+    """√M × √M cell centres of the 4 × 4 map, as (x, y), learnable."""
+    model = _build()
+    expected = torch.tensor([[0.125, 0.125], [0.875, 0.125], [0.125, 0.875], [0.875, 0.875]])
+    assert torch.allclose(model.reference_points[0], expected) and model.reference_points.requires_grad
+    features = Features(tokens=torch.randn(2, 16, 8), grid=(4, 4))
+    model(features).sum().backward()
+    assert model.reference_points.grad is not None and float(model.reference_points.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("mode", ["query", "tgt", "none"])
+def test_query_modes(mode: str) -> None:
+    """Every pooled_v_target mode gives (B, M, D_llm); "query" learns the target, pools the position."""
+    model = _build(pooled_v_target=mode)
+    out = model(Features(tokens=torch.randn(3, 16, 8), grid=(4, 4)))
+    assert out.shape == (3, 4, 12)
+    assert (model.query is None) == (mode == "tgt") and (model.query_pos is None) == (mode != "tgt")
+
+
+def test_multi_level_features() -> None:
+    """Several encoder layers become levels with a level embedding; the encoder provides them."""
+    model = _build(levels=2)
+    assert model.level_emb is not None and model.layers[0].encoder_attn.n_levels == 2
+    levels = (torch.randn(2, 16, 8), torch.randn(2, 16, 8))
+    features = Features(tokens=torch.randn(2, 16, 8), grid=(4, 4), levels=levels)
+    assert model(features).shape == (2, 4, 12)
+
+
+def test_fp32_inside_bf16_autocast() -> None:
+    """Under bf16 autocast the model runs the D-Abstractor with autocast off, in fp32; its output joins
+    the LLM's dtype later."""
+    from mmcore.model import run_in_policy
+
+    model = _build()
+    seen: list[torch.dtype] = []
+    model.layers[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    features = Features(tokens=torch.randn(2, 16, 8, dtype=torch.bfloat16), grid=(4, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run_in_policy(model, features)
+    assert DAbstractor.compute_dtype == torch.float32 and seen == [torch.float32] and out.dtype == torch.float32
+
+
+def test_resampler_takes_any_query_count() -> None:
+    """The Q-Former-style resampler needs no grid and no square query count."""
+    spec = FeatureSpec(dim=8, num_tokens=17, grid=None)
+    config = ResamplerConfig(num_queries=5, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    model = Resampler(config, BuildContext(name="vision", upstream=spec, llm_hidden_size=12))
+    assert model(Features(tokens=torch.randn(2, 17, 8))).shape == (2, 5, 12) and model.num_tokens == 5
+
+
+MANIFEST = """
+seed = 0
+
+[model.llm]
+type = "hf-causal-lm"
+tokenizer = "byte-level"
+
+[model.llm.config]
+model_type = "llama"
+vocab_size = 260
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 1
+num_attention_heads = 4
+max_position_embeddings = 256
+
+[model.encoders.vision]
+type = "clip"
+feature_levels = [-2, -1]
+
+[model.encoders.vision.config]
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 2
+num_attention_heads = 4
+image_size = 28
+patch_size = 7
+
+[model.projectors.vision]
+type = "d-abstractor"
+hidden_size = 16
+num_queries = 4
+decoder_layers = 1
+decoder_attention_heads = 2
+decoder_ffn_dim = 32
+
+[data]
+num_workers = 0
+
+[data.datasets.shapes]
+type = "synthetic-shapes"
+size = 16
+image_size = 28
+tasks = ["vqa/colour"]
+
+[[stages]]
+name = "instruct"
+trainable = ["projectors"]
+template = "plain"
+precision = "bf16"
+batch_size = 4
+max_steps = 3
+lr = 1e-3
+"""
+
+
+def test_tiny_d_abstractor_trains_in_bf16_with_two_levels(tmp_path: Path) -> None:
+    """A tiny model with a two-level D-Abstractor trains a bf16 stage; its weights stay fp32 and move."""
+    from mmcore.assembly import assemble, write_lock
+    from mmcore.train import train
+
+    (tmp_path / "m.toml").write_text(MANIFEST)
+    write_lock(assemble(tmp_path / "m.toml"), tmp_path / "run")
+    trainer = train(tmp_path / "run")
+    projector = trainer.model.projectors["vision"]
+    assert projector.levels == 2 and projector.reference_points.dtype == torch.float32
+    start = _build(levels=2)  # same shapes, fresh init: training moved the learnable grid
+    assert not torch.equal(projector.reference_points.detach(), start.reference_points.detach())
