@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from mmcore.builtins.datasets.llava_json import LlavaJson, LlavaJsonConfig
 from mmcore.builtins.datasets.shapes import ShapesConfig, SyntheticShapes
 from mmcore.errors import SampleError
-from mmcore.kinds import BuildContext
+from mmcore.kinds import BuildContext, ComponentConfig, Dataset
 from mmcore.train._mixture import epoch_order, group_by_modality_length, rank_batches, stage_order
 
 
@@ -141,3 +142,60 @@ def test_modality_length_grouping() -> None:
         signs = {lengths[i] > 0 for _, i in chunk}
         assert len(signs) == 1
         assert [abs(lengths[i]) for _, i in chunk] == sorted((abs(lengths[i]) for _, i in chunk), reverse=True)
+
+
+class _Records(Dataset):  # type: ignore[misc]
+    """Question/answer records over image paths, some answers repeated within an image."""
+
+    ROWS: ClassVar[list[tuple[str, str, str]]] = [
+        ("a.png", "What colour is it?", "red"), ("a.png", "What colour is the big one?", "Red"),
+        ("a.png", "What shape?", "square"), ("b.png", "How many?", "2"), ("a.png", "Where?", "left"),
+        ("b.png", "How many circles?", "2"), ("c.png", "Colour?", "blue")]
+
+    def __len__(self) -> int:
+        return len(self.ROWS)
+
+    def __getitem__(self, index: int) -> Any:
+        from mmcore.kinds import Sample, Turn
+
+        path, question, answer = self.ROWS[index]
+        return Sample(f"r{index}", [Turn("user", f"<image>\n{question}"), Turn("assistant", answer)],
+                      {"image": [path]}, task="vqa")
+
+
+def test_honeybee_multi_turn_packing_with_dedup() -> None:
+    """An image's records become one multi-turn sample (placeholder once); repeated answers within the image
+    are dropped first; chunks hold at most `turns` pairs; packing is deterministic."""
+    from mmcore.train._packing import PackedDataset
+
+    data = _Records(ComponentConfig(), BuildContext(name="records"))
+    packed = PackedDataset(data, turns=10, dedup="answer", seed=0)
+    assert len(packed) == 3 and packed.dropped == 2  # "Red" repeats "red" on a.png, "2" repeats on b.png
+    sample = next(packed[i] for i in range(3) if packed[i].media["image"] == ["a.png"])
+    users = [t.text for t in sample.conversation if t.role == "user"]
+    assert len(users) == 3 and users[0].startswith("<image>") and not any("<image>" in u for u in users[1:])
+    assert sorted(t.text for t in sample.conversation if t.role == "assistant") == ["left", "red", "square"]
+    assert [packed[i].id for i in range(3)] == [PackedDataset(data, 10, "answer", 0)[i].id for i in range(3)]
+    chunks = PackedDataset(data, turns=2, dedup="none", seed=0)
+    assert sorted(len(chunks[i].conversation) // 2 for i in range(len(chunks))) == [1, 2, 2, 2]
+
+
+def test_packing_is_a_dataset_option() -> None:
+    """`pack_turns` / `dedup` on a [data.datasets] table wrap the dataset for training; the template renders
+    every turn (Honeybee's multi-turn format)."""
+    from mmcore.builtins.datasets.shapes import ShapesConfig, SyntheticShapes
+    from mmcore.builtins.templates import HoneybeeTemplate
+    from mmcore.kinds import BuildContext
+    from mmcore.manifest._schema import DatasetRef
+    from mmcore.train._packing import PackedDataset
+
+    ref = DatasetRef.model_validate({"type": "synthetic-shapes", "size": 2, "pack_turns": 4, "dedup": "answer"})
+    assert "pack_turns" not in ref.options() and ref.dedup == "answer"
+    data = SyntheticShapes(ShapesConfig(size=2, image_size=28, tasks=["vqa/colour", "vqa/shape"]),
+                           BuildContext(name="s"))
+    sample = PackedDataset(data, 4, "answer", 0)[0]
+    from mmcore.builtins.byte_tokenizer import byte_level_tokenizer
+
+    template = HoneybeeTemplate(HoneybeeTemplate.Config(), BuildContext(name="t", tokenizer=byte_level_tokenizer()))
+    text = "".join(s.text for s in template.render(sample.conversation, sample.task))
+    assert text.count("\nAI: ") == 2 and text.count("<image>") == 1

@@ -143,10 +143,15 @@ def test_llama2_has_no_tag_for_untagged_tasks() -> None:
 
 def test_honeybee_renders_human_ai() -> None:
     """honeybee: system + task instruction, "\\nHuman: <image>\\nHuman: q\\nAI: " masked, "a</s>" learned."""
-    from mmcore.builtins.templates import HoneybeeTemplate
+    from mmcore.builtins.templates import HoneybeeCoarseTemplate, HoneybeeTemplate
 
-    segments = _tpl(HoneybeeTemplate).render(CONVERSATION[:2], task="vqa/colour")
+    segments = _tpl(HoneybeeCoarseTemplate).render(CONVERSATION[:2], task="vqa/colour")
     assert "".join(s.text for s in segments) == (
         "The following is a conversation between a curious human and AI assistant. Answer the question "
         "using a single word or phrase.\nHuman: <image>\nHuman: What colour?\nAI: Red.</s>")
     assert _learned(segments) == "Red.</s>"
+    fine = "".join(s.text for s in _tpl(HoneybeeTemplate).render(CONVERSATION[:2], task="vqa/colour"))
+    assert "assistant. Answer the question about an object's colour with a single colour word.\nHuman:" in fine
+    count = "".join(s.text for s in _tpl(HoneybeeTemplate).render(CONVERSATION[:2], task="vqa/count"))
+    other = "".join(s.text for s in _tpl(HoneybeeCoarseTemplate).render(CONVERSATION[:2], task="vqa/count"))
+    assert count != fine and other.split("\n")[0] == segments[0].text  # coarse: one triple for all VQA

@@ -72,6 +72,8 @@ def build_component(site: ComponentSite, registry: Registry, kind: str, spec: Co
     try:
         component = resolved.cls(config, ctx)
         if spec.weights is not None:
+            if not hasattr(component, "adapt_state_dict"):
+                raise MmcoreError(f"weights: '{spec.type}' has no weights to load; remove the key")
             _load_weights(component, ctx.path(spec.weights), ctx.on_meta)
         return component, resolved
     except ManifestError:

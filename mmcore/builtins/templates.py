@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from mmcore.kinds import Segment, Template, Turn
 
-__all__ = ["HoneybeeTemplate", "Llama2Template", "PlainTemplate", "VicunaV1Template"]
+__all__ = ["HoneybeeCoarseTemplate", "HoneybeeTemplate", "Llama2Template", "PlainTemplate", "VicunaV1Template"]
 
 
 class PlainTemplate(Template):
@@ -109,36 +109,66 @@ class Llama2Template(Template):
         return segments
 
 
-# Honeybee's per-task instructions (pipeline/data_utils/templates, upstream-systems.md §2.4).
-HONEYBEE_INSTRUCTIONS = {
-    "vqa": "Answer the question using a single word or phrase.",
-    "refer": "Provide the bounding box coordinate of the region this sentence describes.",
+# Honeybee instructs existing datasets with (instruction, input, target) triples (pipeline/data_utils/templates,
+# upstream-systems.md §2.4); the instruction joins the system line, input and target fill a Human/AI turn.
+# Coarse-grained: one triple per task family, shared across datasets — Honeybee's own strings.
+HONEYBEE_COARSE: dict[str, tuple[str, str, str]] = {
+    "vqa": ("Answer the question using a single word or phrase.", "{question}", "{answer}"),
+    "vqa-o": ("Answer with the option's letter from the given choices directly.", "{question}", "{answer}"),
+    "refer": ("Provide the bounding box coordinate of the region this sentence describes.", "{question}", "{answer}"),
+    "caption": ("", "{question}", "{answer}"),
+}
+# Fine-grained: one triple per dataset (keyed by the full task), Honeybee's final recipe (its Table 5c: fine
+# beats coarse when datasets share inputs but differ in answers, e.g. RefCOCO vs RefCOCO+). These are the
+# synthetic-shapes datasets' own; a task without an entry falls back to its family's coarse triple.
+HONEYBEE_FINE: dict[str, tuple[str, str, str]] = {
+    "vqa/colour": ("Answer the question about an object's colour with a single colour word.", "{question}",
+                   "{answer}"),
+    "vqa/shape": ("Answer the question about an object's shape with a single shape word.", "{question}", "{answer}"),
+    "vqa/count": ("Answer the counting question with a single number.", "{question}", "{answer}"),
+    "vqa/spatial": ("Answer the question about where objects lie with a single word.", "{question}", "{answer}"),
+    "refer": ("Provide the bounding box coordinate of the region this sentence describes.", "{question}",
+              "{answer}"),
+    "caption": ("Describe the image in one short sentence.", "{question}", "{answer}"),
 }
 
 
 class HoneybeeTemplate(Template):
-    """Honeybee's `Human:`/`AI:` format (tokenization_honeybee.encode_prompt).
+    """Honeybee's `Human:`/`AI:` format (tokenization_honeybee.encode_prompt) with fine-grained
+    (per-dataset) instruction triples.
 
     "The following is a conversation between a curious human and AI assistant. {inst}\nHuman: <image>
-    \nHuman: {q}\nAI: {a}" — the text after "\nAI: " is learned, with EOS appended; everything
-    else, "\nAI: " included, is masked.
+    \nHuman: {input}\nAI: {target}[\nHuman: …\nAI: …]" — the text after "\nAI: " is learned, with EOS
+    appended; everything else, "\nAI: " included, is masked. Packed multi-turn samples render one
+    Human/AI pair per turn under one instruction.
     """
 
     system: ClassVar[str] = "The following is a conversation between a curious human and AI assistant."
+    granularity: ClassVar[str] = "fine"
 
-    def _system(self, conversation: list[Turn], task: str | None) -> str:
-        given = [t.text for t in conversation if t.role == "system"]
-        instruction = HONEYBEE_INSTRUCTIONS.get((task or "").split("/")[0])
-        base = given[0] if given else self.system
-        return f"{base} {instruction}" if instruction else base
+    def pattern(self, task: str | None) -> tuple[str, str, str]:
+        """The (instruction, input, target) triple for `task`."""
+        family = (task or "").split("/")[0]
+        if self.granularity == "fine" and task in HONEYBEE_FINE:
+            return HONEYBEE_FINE[task]
+        return HONEYBEE_COARSE.get(family, ("", "{question}", "{answer}"))
 
     def render(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        segments = [Segment(self._system(conversation, task))]
+        instruction, input_pattern, target_pattern = self.pattern(task)
+        given = [t.text for t in conversation if t.role == "system"]
+        system = given[0] if given else self.system
+        segments = [Segment(f"{system} {instruction}" if instruction else system)]
         for turn in conversation:
             if turn.role == "user":
                 media, rest = _split_media(turn.text)
-                text = (f"\nHuman: {media}" if media else "") + f"\nHuman: {rest}\nAI: "
-                segments.append(Segment(text))
+                text = (f"\nHuman: {media}" if media else "") + f"\nHuman: {input_pattern.replace('{question}', rest)}"
+                segments.append(Segment(text + "\nAI: "))
             elif turn.role == "assistant":
-                segments.append(Segment(f"{turn.text}{self.eos}", supervised=True))
+                segments.append(Segment(f"{target_pattern.replace('{answer}', turn.text)}{self.eos}", supervised=True))
         return segments
+
+
+class HoneybeeCoarseTemplate(HoneybeeTemplate):
+    """`honeybee` with coarse-grained templates: one shared triple per task family."""
+
+    granularity: ClassVar[str] = "coarse"

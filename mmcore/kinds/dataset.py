@@ -23,3 +23,18 @@ class Dataset(DataComponent, TorchDataset):  # type: ignore[type-arg]
 
     @abstractmethod
     def __getitem__(self, index: int) -> Sample: ...
+
+    def media_key(self, index: int) -> str | None:
+        """What identifies record `index`'s image, so multi-turn packing can group an image's records.
+        Default: the first media item when it is a path; None (never grouped) otherwise. Override
+        when it is cheaper to know without loading the record."""
+        from pathlib import Path
+
+        from mmcore.errors import SampleError
+
+        try:
+            sample = self[index]
+        except SampleError:
+            return None
+        first = next((items[0] for items in sample.media.values() if items), None)
+        return str(first) if isinstance(first, (str, Path)) else None

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # Keys of a component table that the core reads; every other key belongs to the component.
-GENERIC_KEYS = {"type", "modalities", "encoder", "weights"}
+GENERIC_KEYS = {"type", "modalities", "encoder", "weights", "pack_turns", "dedup"}
 
 
 class _Strict(BaseModel):
@@ -78,7 +78,10 @@ class LoraSpec(_Strict):
 
 
 class DatasetRef(ComponentSpec):
-    pass
+    # Honeybee multi-turn packing: an image's records become one sample of at most `pack_turns` turns,
+    # after dropping repeated answers (or boxes) within the image (its `nturn` and `dedup`)
+    pack_turns: PositiveInt | None = None
+    dedup: Literal["none", "answer", "box"] = "none"
 
 
 class DataSpec(_Strict):

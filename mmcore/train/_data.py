@@ -47,6 +47,10 @@ def build_datasets(assembly: Any, names: list[str]) -> dict[str, Dataset]:
         site = ComponentSite(assembly.loaded, ("data", "datasets", name))
         ctx = BuildContext(name=name, base_dir=assembly.loaded.base_dir, tokenizer=assembly.model.llm.tokenizer)
         built[name], _ = build_component(site, assembly.registry, "dataset", spec, ctx)
+        if spec.pack_turns:
+            from mmcore.train._packing import PackedDataset
+
+            built[name] = PackedDataset(built[name], spec.pack_turns, spec.dedup, assembly.loaded.manifest.seed)
     return built
 
 

@@ -147,6 +147,9 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.config.size * len(self.config.tasks)
 
+    def media_key(self, index: int) -> str | None:
+        return f"{self.config.split}-{index // len(self.config.tasks)}"  # one scene, several tasks
+
     def scene(self, index: int) -> tuple[list[Shape], np.random.Generator]:
         rng = np.random.default_rng([self.config.seed, _SPLITS[self.config.split], index])
         return _scene(rng, self.config.image_size, self.config.max_shapes), rng
