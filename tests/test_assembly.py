@@ -144,3 +144,16 @@ def test_llava_13b_and_lora_counts() -> None:
     lora = assemble(EXAMPLES / "llava-1.5-7b-lora.toml")
     assert lora.trainable["instruct"] == {"llm": 319_815_680, "encoders.vision": 0,
                                           "projectors.vision": 20_979_712}
+
+
+@pytest.mark.parametrize(("name", "tokens", "projector"), [
+    ("honeybee-c-7b-m144", 144, 37_070_336), ("honeybee-d-7b-m144", 144, 55_616_352),
+    ("honeybee-c-13b-m256", 256, 47_885_824)])
+def test_honeybee_examples_assemble(name: str, tokens: int, projector: int) -> None:
+    """The Honeybee manifests assemble on the meta device: M visual tokens, the abstractor trains in both
+    stages, the LLM in the second only, the vision tower never."""
+    assembly = assemble(EXAMPLES / f"{name}.toml")
+    assert assembly.tokens_per_item == {"image": tokens}
+    assert assembly.parameters["projectors.vision"] == projector
+    assert assembly.trainable["pretrain"]["llm"] == 0 and assembly.trainable["instruct"]["encoders.vision"] == 0
+    assert assembly.trainable["pretrain"]["projectors.vision"] == projector
