@@ -80,13 +80,18 @@ def test_import_hf_llava_matches_transformers(hf_llava_dir: Path, tmp_path: Path
     """`mmcore import hf-llava` → a run whose logits and greedy batched generation equal transformers'."""
     from transformers import LlavaForConditionalGeneration
 
+    from mmcore.assembly import assemble
     from mmcore.cli import main
     from mmcore.pipeline import load
 
     assert main(["import", "hf-llava", str(hf_llava_dir), "-o", str(tmp_path / "run")]) == 0
     pipeline = load(tmp_path / "run")
     assert pipeline.model.encoders["vision"].config.select_layer == -2
-    _compare(pipeline, LlavaForConditionalGeneration.from_pretrained(hf_llava_dir).eval())
+    hf = LlavaForConditionalGeneration.from_pretrained(hf_llava_dir).eval()
+    _compare(pipeline, hf)
+    # the manifest names every part, so training (which starts from the manifest) starts from them too
+    fresh = assemble(tmp_path / "run" / "manifest.toml", device="cpu").model
+    assert torch.equal(fresh.projectors["vision"].layers[2].weight, hf.model.multi_modal_projector.linear_2.weight)
 
 
 def test_export_hf_llava_loads_in_transformers(tiny_pipeline: Any, tiny_model_text: str, tmp_path: Path) -> None:

@@ -19,6 +19,10 @@ def _resolved_model(assembly: Assembly) -> dict[str, Any]:
     spec = assembly.loaded.manifest.model
 
     def full(name: str, generic: dict[str, Any]) -> dict[str, Any]:
+        kind, _, key = name.partition(".")
+        table = getattr(spec, kind)[key] if key else getattr(spec, kind)  # llm, retriever: no key
+        if table.weights is not None:
+            generic = {**generic, "weights": table.weights}
         return {**generic, **assembly.configs[name].model_dump(mode="json")}
 
     model: dict[str, Any] = {"max_length": assembly.max_length, "llm": full("llm", {"type": spec.llm.type})}

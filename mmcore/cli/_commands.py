@@ -175,6 +175,10 @@ def run_export(args: argparse.Namespace) -> int:
         from mmcore.interop import export_hf_llava
 
         print(f"wrote {export_hf_llava(run, output)}")
+        encoders = json.loads((run / "assembly.lock").read_text())["resolved"]["model"]["encoders"]
+        if any(e.get("image_aspect_ratio", "pad") == "pad" for e in encoders.values()):
+            print("note: transformers' LlavaProcessor does not pad images to a square; pad them with the CLIP "
+                  "mean colour first (LLaVA's expand2square) to get this run's inputs", file=sys.stderr)
         return 0
     from mmcore.export import export_run
 

@@ -59,7 +59,7 @@ def _read_config(src: Path) -> Any:  # a LlavaConfig
 
 def import_hf_llava(src: Path, run: Path) -> Path:
     """DIR (llava-hf) → RUN: `vision/` and `llm/` in save_pretrained format, the projector in
-    `weights/`, a manifest naming them, and `assembly.lock`."""
+    `upstream/`, a manifest naming all three, and `assembly.lock`."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -84,9 +84,9 @@ def import_hf_llava(src: Path, run: Path) -> Path:
         projector = hf.model.multi_modal_projector
         state = {"layers.0.weight": projector.linear_1.weight, "layers.0.bias": projector.linear_1.bias,
                  "layers.2.weight": projector.linear_2.weight, "layers.2.bias": projector.linear_2.bias}
-        (tmp / "weights").mkdir()
+        (tmp / "upstream").mkdir()  # named by the manifest, so `mmcore train RUN` starts from it too
         save_file({k: v.detach().contiguous() for k, v in state.items()},
-                  str(tmp / "weights" / "projectors.vision.safetensors"), metadata={"format": "pt"})
+                  str(tmp / "upstream" / "projector.safetensors"), metadata={"format": "pt", "from": str(src)})
         positions = int(getattr(config.text_config, "max_position_embeddings", 2048))
         strategy = {"default": "patch", "full": "cls_patch"}[config.vision_feature_select_strategy]
         (tmp / "manifest.toml").write_text(f"""\
@@ -110,6 +110,7 @@ image_aspect_ratio = "square"  # LlavaProcessor resizes and crops, without LLaVA
 [model.projectors.vision]
 type = "mlp"
 depth = 2  # linear_1, GELU, linear_2
+weights = "upstream/projector.safetensors"
 """, encoding="utf-8")
     return run
 
