@@ -114,11 +114,24 @@ max_length = 512
 [model.llm]
 type = "hf-causal-lm"
 tokenizer = "byte-level"
-config = {{ model_type = "llama", vocab_size = 260, hidden_size = 128, intermediate_size = 256, num_hidden_layers = 4, num_attention_heads = 4, max_position_embeddings = 512 }}
+[model.llm.config]
+model_type = "llama"
+vocab_size = 260
+hidden_size = 128
+intermediate_size = 256
+num_hidden_layers = 4
+num_attention_heads = 4
+max_position_embeddings = 512
 [model.encoders.vision]
 type = "clip"
 select_layer = -2
-config = {{ hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, image_size = 32, patch_size = 4 }}
+[model.encoders.vision.config]
+hidden_size = 64
+intermediate_size = 128
+num_hidden_layers = 2
+num_attention_heads = 4
+image_size = 32
+patch_size = 4
 [model.projectors.vision]
 {projector}
 [data]

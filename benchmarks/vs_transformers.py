@@ -29,29 +29,13 @@ BATCH, SEQUENCE, NEW_TOKENS = 8, 256, 32
 
 
 def build_hf_llava(folder: Path) -> None:
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from mmcore.testing import save_tiny_hf_llava
 
-    from mmcore.builtins.byte_tokenizer import byte_level_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = byte_level_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
-    vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                              image_size=112, patch_size=14)
-    text = LlamaConfig(vocab_size=32064, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
-                       num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_seq_length=64,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}).save_pretrained(folder)
+    vision = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "image_size": 112, "patch_size": 14}
+    text = {"vocab_size": 32064, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
+            "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 1024}
+    save_tiny_hf_llava(folder, vision, text, image_tokens=64)
 
 
 def samples(train: bool) -> list[Any]:

@@ -20,31 +20,13 @@ QUESTIONS = ["<image>\nwhat?", "<image>\ndescribe the colour of this thing in de
 @pytest.fixture(scope="module")
 def hf_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LlavaForConditionalGeneration built by transformers and saved with save_pretrained."""
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from mmcore.testing import save_tiny_hf_llava
 
-    from mmcore.builtins.byte_tokenizer import byte_level_tokenizer
-
-    torch.manual_seed(1)
-    tokenizer = byte_level_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=28, patch_size=14)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_seq_length=4,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    folder = tmp_path_factory.mktemp("hf-llava") / "llava"
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(folder)
-    return folder
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "image_size": 28, "patch_size": 14}
+    text = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 256}
+    return save_tiny_hf_llava(tmp_path_factory.mktemp("hf-llava") / "llava", vision, text, image_tokens=4, seed=1)
 
 
 def _random_images(count: int) -> list[Any]:

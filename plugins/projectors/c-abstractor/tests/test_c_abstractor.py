@@ -61,37 +61,11 @@ def test_old_checkpoint_pos_emb_with_cls_slot_loads(tmp_path: Path) -> None:
     assert torch.equal(target.readout[2].weight, source.readout[2].weight)
 
 
-MANIFEST = """
-[model.llm]
-type = "hf-causal-lm"
-tokenizer = "byte-level"
+def _manifest(queries: int, select: str) -> str:
+    from mmcore.testing import tiny_manifest
 
-[model.llm.config]
-model_type = "llama"
-vocab_size = 260
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 1
-num_attention_heads = 4
-max_position_embeddings = 256
-
-[model.encoders.vision]
-type = "clip"
-select_feature = "SELECT"
-
-[model.encoders.vision.config]
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 2
-num_attention_heads = 4
-image_size = 28
-patch_size = 7
-
-[model.projectors.vision]
-type = "c-abstractor"
-hidden_size = 16
-num_queries = QUERIES
-"""
+    return tiny_manifest(f'type = "c-abstractor"\nhidden_size = 16\nnum_queries = {queries}',
+                         encoder=f'select_feature = "{select}"')
 
 
 def test_manifest_errors(tmp_path: Path) -> None:
@@ -100,7 +74,7 @@ def test_manifest_errors(tmp_path: Path) -> None:
 
     def manifest(queries: int, select: str) -> Path:
         path = tmp_path / f"m{queries}{select}.toml"
-        path.write_text(MANIFEST.replace("QUERIES", str(queries)).replace("SELECT", select))
+        path.write_text(_manifest(queries, select))
         return path
 
     assert assemble(manifest(4, "patch")).tokens_per_item == {"image": 4}
@@ -140,7 +114,7 @@ def test_tiny_c_abstractor_trains_on_packed_honeybee_data(tmp_path: Path) -> Non
     from mmcore.assembly import assemble, write_lock
     from mmcore.train import train
 
-    (tmp_path / "m.toml").write_text(MANIFEST.replace("QUERIES", "4").replace("SELECT", "patch") + TRAIN)
+    (tmp_path / "m.toml").write_text(_manifest(4, "patch") + TRAIN)
     write_lock(assemble(tmp_path / "m.toml"), tmp_path / "run")
     before = {k: v.clone() for k, v in assemble(tmp_path / "m.toml", device="cpu").model.projectors["vision"]
               .state_dict().items()}

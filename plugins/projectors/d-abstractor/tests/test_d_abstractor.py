@@ -83,42 +83,15 @@ def test_resampler_takes_any_query_count() -> None:
     assert model(Features(tokens=torch.randn(2, 17, 8))).shape == (2, 5, 12) and model.num_tokens == 5
 
 
-MANIFEST = """
-seed = 0
+def _manifest() -> str:
+    from mmcore.testing import tiny_manifest
 
-[model.llm]
-type = "hf-causal-lm"
-tokenizer = "byte-level"
+    projector = ('type = "d-abstractor"\nhidden_size = 16\nnum_queries = 4\ndecoder_layers = 1\n'
+                 'decoder_attention_heads = 2\ndecoder_ffn_dim = 32')
+    return tiny_manifest(projector, encoder="feature_levels = [-2, -1]", extra=TRAIN)
 
-[model.llm.config]
-model_type = "llama"
-vocab_size = 260
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 1
-num_attention_heads = 4
-max_position_embeddings = 256
 
-[model.encoders.vision]
-type = "clip"
-feature_levels = [-2, -1]
-
-[model.encoders.vision.config]
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 2
-num_attention_heads = 4
-image_size = 28
-patch_size = 7
-
-[model.projectors.vision]
-type = "d-abstractor"
-hidden_size = 16
-num_queries = 4
-decoder_layers = 1
-decoder_attention_heads = 2
-decoder_ffn_dim = 32
-
+TRAIN = """
 [data]
 num_workers = 0
 
@@ -144,7 +117,7 @@ def test_tiny_d_abstractor_trains_in_bf16_with_two_levels(tmp_path: Path) -> Non
     from mmcore.assembly import assemble, write_lock
     from mmcore.train import train
 
-    (tmp_path / "m.toml").write_text(MANIFEST)
+    (tmp_path / "m.toml").write_text(_manifest())
     write_lock(assemble(tmp_path / "m.toml"), tmp_path / "run")
     trainer = train(tmp_path / "run")
     projector = trainer.model.projectors["vision"]
