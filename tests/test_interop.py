@@ -122,6 +122,13 @@ def test_hf_llava_errors_are_one_line(hf_llava_dir: Path, tmp_path: Path, tiny_d
     assert main(["import", "hf-llava", str(hf_llava_dir), "-o", str(tmp_path / "taken")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    from mmcore.assembly import assemble, write_lock
+    from mmcore.testing import tiny_manifest
+
+    (tmp_path / "taken" / "linear.toml").write_text(tiny_manifest('type = "linear"'))
+    write_lock(assemble(tmp_path / "taken" / "linear.toml"), tmp_path / "taken" / "run")
+    assert main(["export", str(tmp_path / "taken" / "run"), str(tmp_path / "hf"), "--format", "hf-llava"]) == 2
+    assert "use type = \"mlp\" with depth = 2" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 # --- LLaVA's own layouts ---------------------------------------------------------------------------
