@@ -9,7 +9,7 @@
    questions, held-out accuracy for linear (M = 64), resampler, C-Abstractor and D-Abstractor (M = 16
    each) on the embedded default's tiny CLIP (8 × 8 grid) and Llama.
 
-    .venv/bin/python benchmarks/projectors.py [--steps 800] [--repeats 5] [--skip-speed] [--skip-locality]
+    .venv/bin/python benchmarks/projectors.py [--steps 2500] [--val 300] [--repeats 5] [--skip-speed|--skip-locality]
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ tasks = ["vqa/spatial", "vqa/count"]
 [data.datasets.val]
 type = "synthetic-shapes"
 split = "val"
-size = 100
+size = {val}
 tasks = ["vqa/spatial", "vqa/count"]
 [[stages]]
 name = "instruct"
@@ -171,7 +171,7 @@ LOCALITY = {
 }
 
 
-def _locality(steps: int) -> None:
+def _locality(steps: int, val: int) -> None:
     from mmcore.assembly import assemble, write_lock
     from mmcore.train import train
 
@@ -179,26 +179,28 @@ def _locality(steps: int) -> None:
     rows = []
     for name, projector in LOCALITY.items():
         manifest = folder / f"{name.split()[0]}.toml"
-        manifest.write_text(LOCALITY_MODEL.format(projector=projector, steps=steps))
+        manifest.write_text(LOCALITY_MODEL.format(projector=projector, steps=steps, val=val))
         run = folder / name.split()[0]
         write_lock(assemble(manifest), run)
         start = time.perf_counter()
         train(run)  # trains, then evaluates [eval] into RUN/eval
         minutes = (time.perf_counter() - start) / 60
         records = [json.loads(line) for line in (run / "eval" / "val" / "answers.jsonl").read_text().splitlines()]
-        score = {task: statistics.mean(r["score"] for r in records if r["task"] == task)
-                 for task in ("vqa/spatial", "vqa/count")}
-        rows.append((name, score["vqa/spatial"], score["vqa/count"], minutes))
-    print(f"locality: {steps} steps each (batch 16, lr 5e-4), held-out synthetic-shapes, 100 scenes per task")
-    print(f"  {'projector':22s} {'spatial':>8s} {'count':>8s} {'minutes':>8s}")
-    for name, spatial, count, minutes in rows:
-        print(f"  {name:22s} {spatial:8.3f} {count:8.3f} {minutes:8.1f}")
+        scores = {task: [r["score"] for r in records if r["task"] == task] for task in ("vqa/spatial", "vqa/count")}
+        rows.append((name, scores, minutes))
+    print(f"locality: {steps} steps each (batch 16, lr 5e-4), held-out synthetic-shapes ({val} scenes; a one-shape "
+          f"scene asks a count instead of a spatial question)")
+    print(f"  {'projector':22s} {'spatial':>14s} {'count':>14s} {'minutes':>8s}")
+    for name, scores, minutes in rows:
+        cells = [f"{statistics.mean(v):.3f} (n={len(v)})" for v in scores.values()]
+        print(f"  {name:22s} {cells[0]:>14s} {cells[1]:>14s} {minutes:8.1f}")
     print("  chance: spatial 0.5 (two of left/right/above/below per question), count 1/3 (1-3 shapes)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--val", type=int, default=300, help="held-out scenes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-locality", action="store_true")
@@ -209,7 +211,7 @@ def main() -> None:
     if not args.skip_speed:
         _speed(args.repeats)
     if not args.skip_locality:
-        _locality(args.steps)
+        _locality(args.steps, args.val)
 
 
 if __name__ == "__main__":
