@@ -8,6 +8,7 @@ The D-Abstractor distribution builds on this class too.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -94,8 +95,9 @@ class HoneybeeProjector(Projector):
             x = torch.cat([x, self.eos_tokens.expand(x.shape[0], -1, -1)], dim=1)
         return x
 
+    @abstractmethod
     def abstract(self, x: torch.Tensor, features: Features) -> torch.Tensor:
-        raise NotImplementedError  # Contract: subclasses define Honeybee's `_forward`
+        """Honeybee's `_forward`: (B, L, C) after prenorm and position embedding → (B, M, D_llm)."""
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Honeybee checkpoints: keys under `abstractor.`; an old `pos_emb` with one extra (CLS) slot
