@@ -199,3 +199,16 @@ def test_packing_is_a_dataset_option() -> None:
     template = HoneybeeTemplate(HoneybeeTemplate.Config(), BuildContext(name="t", tokenizer=byte_level_tokenizer()))
     text = "".join(s.text for s in template.render(sample.conversation, sample.task))
     assert text.count("\nAI: ") == 2 and text.count("<image>") == 1
+
+
+def test_min_shapes_makes_every_spatial_question_real() -> None:
+    """`min_shapes = 2`: no scene falls back from a spatial to a counting question; the default data is
+    unchanged by the option."""
+    spatial = SyntheticShapes(ShapesConfig(size=40, image_size=32, min_shapes=2, tasks=["vqa/spatial"]),
+                              BuildContext(name="s"))
+    assert all(spatial[i].task == "vqa/spatial" for i in range(40))
+    assert {spatial[i].conversation[1].text for i in range(40)} == {"left", "right", "above", "below"}
+    default = SyntheticShapes(ShapesConfig(size=5, image_size=32, tasks=["vqa/colour"]), BuildContext(name="d"))
+    assert [default[i].conversation[1].text for i in range(5)] == ["red", "yellow", "purple", "blue", "purple"]
+    with pytest.raises(ValueError, match="min_shapes 3 is above max_shapes 2"):
+        ShapesConfig(min_shapes=3, max_shapes=2)

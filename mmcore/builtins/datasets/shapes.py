@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmcore.kinds import ComponentConfig, Dataset, Sample, Turn
 
@@ -33,6 +33,13 @@ class ShapesConfig(ComponentConfig):
     seed: int = 0
     image_size: int = Field(64, ge=16)
     max_shapes: int = Field(3, ge=1, le=4)
+    min_shapes: int = Field(1, ge=1, le=4)  # 2: every scene can ask a real spatial question
+
+    @model_validator(mode="after")
+    def _range(self) -> ShapesConfig:
+        if self.min_shapes > self.max_shapes:
+            raise ValueError(f"min_shapes {self.min_shapes} is above max_shapes {self.max_shapes}")
+        return self
     tasks: list[str] = Field(default_factory=lambda: list(TASKS))
     box_format: Literal["honeybee", "minigpt"] = "honeybee"  # text of referring boxes
 
@@ -61,21 +68,25 @@ class Shape:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
 
-def _scene(rng: np.random.Generator, size: int, max_shapes: int) -> list[Shape]:
-    """Up to `max_shapes` non-overlapping shapes with distinct (colour, kind) pairs."""
-    count = int(rng.integers(1, max_shapes + 1))
+def _scene(rng: np.random.Generator, size: int, max_shapes: int, min_shapes: int = 1) -> list[Shape]:
+    """`min_shapes` to `max_shapes` non-overlapping shapes with distinct (colour, kind) pairs."""
+    count = int(rng.integers(min_shapes, max_shapes + 1))
     shapes: list[Shape] = []
-    for _ in range(50):
-        if len(shapes) == count:
+    for _ in range(100):  # a layout that cannot reach `min_shapes` starts over
+        shapes = []
+        for _ in range(50):
+            if len(shapes) == count:
+                break
+            side = int(rng.integers(size * 3 // 8, size // 2 + 1))  # large enough that a circle is not a square
+            x, y = (int(v) for v in rng.integers(1, size - side - 1, size=2))
+            box = (x, y, x + side, y + side)
+            kind, colour = SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            clash = any(not (box[2] + 2 < s.box[0] or s.box[2] + 2 < box[0] or box[3] + 2 < s.box[1]
+                             or s.box[3] + 2 < box[1]) for s in shapes)
+            if not clash and all((s.kind, s.colour) != (kind, colour) for s in shapes):
+                shapes.append(Shape(kind, colour, box))
+        if len(shapes) >= min_shapes:
             break
-        side = int(rng.integers(size * 3 // 8, size // 2 + 1))  # large enough that a circle is not a square
-        x, y = (int(v) for v in rng.integers(1, size - side - 1, size=2))
-        box = (x, y, x + side, y + side)
-        kind, colour = SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        clash = any(not (box[2] + 2 < s.box[0] or s.box[2] + 2 < box[0] or box[3] + 2 < s.box[1]
-                         or s.box[3] + 2 < box[1]) for s in shapes)
-        if not clash and all((s.kind, s.colour) != (kind, colour) for s in shapes):
-            shapes.append(Shape(kind, colour, box))
     return shapes
 
 
@@ -152,7 +163,7 @@ class SyntheticShapes(Dataset):
 
     def scene(self, index: int) -> tuple[list[Shape], np.random.Generator]:
         rng = np.random.default_rng([self.config.seed, _SPLITS[self.config.split], index])
-        return _scene(rng, self.config.image_size, self.config.max_shapes), rng
+        return _scene(rng, self.config.image_size, self.config.max_shapes, self.config.min_shapes), rng
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):
