@@ -5,9 +5,10 @@
    4 layers × 512, vocabulary 32,064); batch 8, projector + LLM trainable, vision frozen. Honeybee
    reports 2.23 vs 3.04 s/step; with an LLM-dominated config we expect at least 2×. The abstractor
    width is 256 — half the LLM's (Honeybee's is a quarter: 1024 vs 4096).
-2. Locality: after equal steps on synthetic-shapes spatial (left/right, above/below) and counting
-   questions, held-out accuracy for linear (M = 64), resampler, C-Abstractor and D-Abstractor (M = 16
-   each) on the embedded default's tiny CLIP (8 × 8 grid) and Llama.
+2. Locality: after equal steps on synthetic-shapes position (is the named shape in the left/right or
+   top/bottom half) and spatial (is A left/right of / above/below B) questions, held-out accuracy for
+   linear (M = 64), resampler, C-Abstractor and D-Abstractor (M = 16 each) on the embedded default's
+   tiny CLIP (8 × 8 grid) and Llama.
 
     .venv/bin/python benchmarks/projectors.py [--steps 2500] [--val 300] [--repeats 5] [--skip-speed|--skip-locality]
 """
@@ -141,13 +142,13 @@ type = "synthetic-shapes"
 split = "train"
 size = 20000
 min_shapes = 2
-tasks = ["vqa/spatial", "vqa/count"]
+tasks = ["vqa/position", "vqa/spatial"]
 [data.datasets.val]
 type = "synthetic-shapes"
 split = "val"
 size = {val}
 min_shapes = 2
-tasks = ["vqa/spatial", "vqa/count"]
+tasks = ["vqa/position", "vqa/spatial"]
 [[stages]]
 name = "instruct"
 trainable = ["encoders", "projectors", "llm"]
@@ -188,15 +189,16 @@ def _locality(steps: int, val: int) -> None:
         train(run)  # trains, then evaluates [eval] into RUN/eval
         minutes = (time.perf_counter() - start) / 60
         records = [json.loads(line) for line in (run / "eval" / "val" / "answers.jsonl").read_text().splitlines()]
-        scores = {task: [r["score"] for r in records if r["task"] == task] for task in ("vqa/spatial", "vqa/count")}
+        scores = {task: [r["score"] for r in records if r["task"] == task] for task in ("vqa/position", "vqa/spatial")}
         rows.append((name, scores, minutes))
     print(f"locality: {steps} steps each (batch 16, lr 5e-4), held-out synthetic-shapes ({val} scenes of 2-3 "
           f"shapes)")
-    print(f"  {'projector':22s} {'spatial':>14s} {'count':>14s} {'minutes':>8s}")
+    print(f"  {'projector':22s} {'position':>14s} {'spatial':>14s} {'minutes':>8s}")
     for name, scores, minutes in rows:
         cells = [f"{statistics.mean(v):.3f} (n={len(v)})" for v in scores.values()]
         print(f"  {name:22s} {cells[0]:>14s} {cells[1]:>14s} {minutes:8.1f}")
-    print("  chance: spatial 0.5 (each question offers two answers); count is nearly always 'two' at this size")
+    print("  chance: 0.5 for both (each question offers two answers); position locates one named shape "
+          "(left/right or top/bottom half), spatial relates two (left/right of, above/below)")
 
 
 def main() -> None:

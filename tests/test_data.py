@@ -212,3 +212,8 @@ def test_min_shapes_makes_every_spatial_question_real() -> None:
     assert [default[i].conversation[1].text for i in range(5)] == ["red", "yellow", "purple", "blue", "purple"]
     with pytest.raises(ValueError, match="min_shapes 3 is above max_shapes 2"):
         ShapesConfig(min_shapes=3, max_shapes=2)
+    position = SyntheticShapes(ShapesConfig(size=40, image_size=32, min_shapes=2, tasks=["vqa/position"]),
+                               BuildContext(name="p"))
+    sample = position[0]
+    assert "half of the image?" in sample.conversation[0].text
+    assert {position[i].conversation[1].text for i in range(40)} == {"left", "right", "top", "bottom"}

@@ -22,7 +22,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (230, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-TASKS = ("caption", "vqa/colour", "vqa/shape", "vqa/count", "vqa/spatial", "refer", "mask")
+TASKS = ("caption", "vqa/colour", "vqa/shape", "vqa/count", "vqa/spatial", "vqa/position", "refer", "mask")
+DEFAULT_TASKS = ("caption", "vqa/colour", "vqa/shape", "vqa/count", "vqa/spatial", "refer", "mask")
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _NUMBERS = ("zero", "one", "two", "three", "four")
 
@@ -40,7 +41,7 @@ class ShapesConfig(ComponentConfig):
         if self.min_shapes > self.max_shapes:
             raise ValueError(f"min_shapes {self.min_shapes} is above max_shapes {self.max_shapes}")
         return self
-    tasks: list[str] = Field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS))
     box_format: Literal["honeybee", "minigpt"] = "honeybee"  # text of referring boxes
 
     @field_validator("tasks")
@@ -122,7 +123,7 @@ def _unique(shapes: list[Shape], rng: np.random.Generator, by: str) -> Shape | N
     return candidates[int(rng.integers(len(candidates)))] if candidates else None
 
 
-def _vqa(task: str, shapes: list[Shape], rng: np.random.Generator) -> tuple[str, str] | None:
+def _vqa(task: str, shapes: list[Shape], rng: np.random.Generator, size: int) -> tuple[str, str] | None:
     if task == "vqa/colour":
         target = _unique(shapes, rng, "kind")
         if target is None:
@@ -137,6 +138,12 @@ def _vqa(task: str, shapes: list[Shape], rng: np.random.Generator) -> tuple[str,
         return f"What shape is {subject}?", target.kind
     if task == "vqa/count":
         return "How many shapes are there?", _NUMBERS[len(shapes)]
+    if task == "vqa/position":  # where one named shape lies in the image: locating, without relating two
+        target = shapes[int(rng.integers(len(shapes)))]
+        (x, y), half = target.centre, size / 2
+        if abs(x - half) >= abs(y - half):
+            return f"Is the {target.name} in the left or the right half of the image?", "left" if x < half else "right"
+        return f"Is the {target.name} in the top or the bottom half of the image?", "top" if y < half else "bottom"
     if len(shapes) < 2:
         return None
     a, b = (shapes[int(i)] for i in rng.permutation(len(shapes))[:2])
@@ -188,9 +195,9 @@ class SyntheticShapes(Dataset):
             else:
                 question, answer = f"Segment the {target.name}.", "Sure, [SEG]."
         else:
-            qa = _vqa(task, shapes, rng)
+            qa = _vqa(task, shapes, rng, cfg.image_size)
             if qa is None:  # e.g. a spatial question about a one-shape scene
-                task, qa = "vqa/count", _vqa("vqa/count", shapes, rng)
+                task, qa = "vqa/count", _vqa("vqa/count", shapes, rng, cfg.image_size)
             assert qa is not None  # Contract: counting always applies
             question, answer = qa
         conversation = [Turn("user", f"<image>\n{question}"), Turn("assistant", answer)]
