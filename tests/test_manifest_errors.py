@@ -30,8 +30,8 @@ GOOD = LLM + ENCODER + PROJECTOR
 CASES = [
     ("unknown-top-key", "modle = 1\n" + GOOD, ["modle", "unknown key", "did you mean 'model'"]),
     ("typo-type", GOOD.replace('type = "mlp"', 'type = "mpl"'), ["unknown projector type 'mpl'", "'mlp'"]),
-    ("uninstalled-type", GOOD.replace('type = "mlp"', 'type = "c-abstractor"'),
-     ["pip install mmcore-plugin-c-abstractor"]),
+    ("uninstalled-type", GOOD.replace('type = "mlp"', 'type = "bind-network"'),
+     ["pip install mmcore-plugin-bind-network"]),
     ("unknown-component-key", GOOD.replace('type = "mlp"', 'type = "mlp"\ndepht = 2'),
      ["[model.projectors.vision] depht", "did you mean 'depth'"]),
     ("wrong-value-type", GOOD.replace('type = "mlp"', 'type = "mlp"\ndepth = "two"'),

@@ -23,7 +23,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "identity": "mmcore-plugin-mlp",
         "c-abstractor": "mmcore-plugin-c-abstractor",
         "d-abstractor": "mmcore-plugin-d-abstractor",
-        "resampler": "mmcore-plugin-resampler",
+        "resampler": "mmcore-plugin-d-abstractor",
         "concat-linear": "mmcore-plugin-concat-linear",
         "bind-network": "mmcore-plugin-bind-network",
     },
