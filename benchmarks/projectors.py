@@ -5,12 +5,13 @@
    4 layers × 512, vocabulary 32,064); batch 8, projector + LLM trainable, vision frozen. Honeybee
    reports 2.23 vs 3.04 s/step; with an LLM-dominated config we expect at least 2×. The abstractor
    width is 256 — half the LLM's (Honeybee's is a quarter: 1024 vs 4096).
-2. Locality: after equal steps on synthetic-shapes position (is the named shape in the left/right or
-   top/bottom half) and spatial (is A left/right of / above/below B) questions, held-out accuracy for
+2. Locality: after equal steps on synthetic-shapes position questions (is the shape in the left/right or
+   top/bottom half; one shape per scene by default, `--shapes 2` adds relations: is A left of B), held-out accuracy for
    linear (M = 64), resampler, C-Abstractor and D-Abstractor (M = 16 each) on the embedded default's
    tiny CLIP (8 × 8 grid) and Llama.
 
-    .venv/bin/python benchmarks/projectors.py [--steps 2500] [--val 300] [--repeats 5] [--skip-speed|--skip-locality]
+    .venv/bin/python benchmarks/projectors.py [--steps 1500] [--val 300] [--shapes 1|2] [--repeats 5]
+        [--skip-speed | --skip-locality]
 """
 
 from __future__ import annotations
@@ -141,14 +142,16 @@ num_workers = 1
 type = "synthetic-shapes"
 split = "train"
 size = 20000
-min_shapes = 2
-tasks = ["vqa/position", "vqa/spatial"]
+min_shapes = {shapes}
+max_shapes = {shapes}
+tasks = {tasks}
 [data.datasets.val]
 type = "synthetic-shapes"
 split = "val"
 size = {val}
-min_shapes = 2
-tasks = ["vqa/position", "vqa/spatial"]
+min_shapes = {shapes}
+max_shapes = {shapes}
+tasks = {tasks}
 [[stages]]
 name = "instruct"
 trainable = ["encoders", "projectors", "llm"]
@@ -174,7 +177,7 @@ LOCALITY = {
 }
 
 
-def _locality(steps: int, val: int) -> None:
+def _locality(steps: int, val: int, shapes: int) -> None:
     from mmcore.assembly import assemble, write_lock
     from mmcore.train import train
 
@@ -182,7 +185,9 @@ def _locality(steps: int, val: int) -> None:
     rows = []
     for name, projector in LOCALITY.items():
         manifest = folder / f"{name.split()[0]}.toml"
-        manifest.write_text(LOCALITY_MODEL.format(projector=projector, steps=steps, val=val))
+        tasks = '["vqa/position"]' if shapes == 1 else '["vqa/position", "vqa/spatial"]'
+        manifest.write_text(LOCALITY_MODEL.format(projector=projector, steps=steps, val=val, shapes=shapes,
+                                                  tasks=tasks))
         run = folder / name.split()[0]
         write_lock(assemble(manifest), run)
         start = time.perf_counter()
@@ -191,11 +196,11 @@ def _locality(steps: int, val: int) -> None:
         records = [json.loads(line) for line in (run / "eval" / "val" / "answers.jsonl").read_text().splitlines()]
         scores = {task: [r["score"] for r in records if r["task"] == task] for task in ("vqa/position", "vqa/spatial")}
         rows.append((name, scores, minutes))
-    print(f"locality: {steps} steps each (batch 16, lr 5e-4), held-out synthetic-shapes ({val} scenes of 2-3 "
-          f"shapes)")
+    print(f"locality: {steps} steps each (batch 16, lr 5e-4), held-out synthetic-shapes ({val} scenes of {shapes} "
+          f"shape(s))")
     print(f"  {'projector':22s} {'position':>14s} {'spatial':>14s} {'minutes':>8s}")
     for name, scores, minutes in rows:
-        cells = [f"{statistics.mean(v):.3f} (n={len(v)})" for v in scores.values()]
+        cells = [f"{statistics.mean(v):.3f} (n={len(v)})" if v else "-" for v in scores.values()]
         print(f"  {name:22s} {cells[0]:>14s} {cells[1]:>14s} {minutes:8.1f}")
     print("  chance: 0.5 for both (each question offers two answers); position locates one named shape "
           "(left/right or top/bottom half), spatial relates two (left/right of, above/below)")
@@ -203,8 +208,10 @@ def _locality(steps: int, val: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--val", type=int, default=300, help="held-out scenes")
+    parser.add_argument("--shapes", type=int, choices=[1, 2], default=1,
+                        help="1: locate the only shape (position); 2: position and spatial relations of two")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-locality", action="store_true")
@@ -215,7 +222,7 @@ def main() -> None:
     if not args.skip_speed:
         _speed(args.repeats)
     if not args.skip_locality:
-        _locality(args.steps, args.val)
+        _locality(args.steps, args.val, args.shapes)
 
 
 if __name__ == "__main__":
