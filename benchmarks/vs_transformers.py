@@ -1,15 +1,16 @@
 """mmcore vs transformers' LlavaForConditionalGeneration on the same weights, inputs and dtype.
 
-One process, interleaved runs (ours, theirs, ours, ...), medians. The model: CLIP 4 layers × 256 at
-112 px (64 image tokens), mlp2x_gelu, Llama 4 layers × 512 with a 32,064 vocabulary; batch 8,
-sequence 256; projector + LLM trainable, vision frozen (LLaVA stage 2), AdamW. transformers' model is
-saved with save_pretrained and imported with `mmcore import hf-llava`, so both hold the same tensors.
+One process, interleaved runs (ours/theirs, then theirs/ours, ...); ratios are medians of per-pair
+ratios. The model: CLIP 4 layers × 256 at 112 px (64 image tokens), mlp2x_gelu, Llama 4 layers × 512
+with a 32,064 vocabulary; batch 8, sequence 256; projector + LLM trainable, vision frozen (LLaVA
+stage 2), AdamW. transformers' model is saved with save_pretrained and imported with `mmcore import
+hf-llava`, so both hold the same tensors.
 
 Bars (issue 4): train step time ratio ≤ 1.05, greedy generation throughput ratio (batch 8, 32 new
 tokens) ≥ 0.95, training-step peak memory ratio ≤ 1.05. Peak memory: `torch.cuda.max_memory_allocated`
 on a GPU; on CPU, the peak of the PyTorch profiler's memory timeline over one step.
 
-    .venv/bin/python benchmarks/vs_transformers.py [--repeats 7] [--device cpu|cuda] [--dtype fp32|bf16]
+    .venv/bin/python benchmarks/vs_transformers.py [--repeats 11] [--device cpu|cuda] [--dtype fp32|bf16]
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def peak_memory(step: Callable[[], Any], device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
@@ -148,27 +149,32 @@ def main() -> None:
                                      "gen mmcore": [], "gen transformers": []}
     for _ in range(2):  # warm-up
         step_ours(), step_theirs()
-    for _ in range(args.repeats):
-        times["train mmcore"].append(median_time(step_ours, sync))
-        times["train transformers"].append(median_time(step_theirs, sync))
+    for repeat in range(args.repeats):  # alternate who goes first, so neither inherits the other's state
+        pair = [("train mmcore", step_ours), ("train transformers", step_theirs)]
+        for key, fn in pair if repeat % 2 == 0 else pair[::-1]:
+            times[key].append(median_time(fn, sync))
     ours.eval(), theirs.eval()
     with torch.no_grad():
         same = torch.equal(gen_ours(), gen_theirs())
-        for _ in range(args.repeats):
-            times["gen mmcore"].append(median_time(gen_ours, sync))
-            times["gen transformers"].append(median_time(gen_theirs, sync))
+        for repeat in range(args.repeats):
+            pair = [("gen mmcore", gen_ours), ("gen transformers", gen_theirs)]
+            for key, fn in pair if repeat % 2 == 0 else pair[::-1]:
+                times[key].append(median_time(fn, sync))
     ours.train(), theirs.train()
     memory = {"mmcore": peak_memory(step_ours, device), "transformers": peak_memory(step_theirs, device)}
 
     median = {k: statistics.median(v) for k, v in times.items()}
+    # the ratio is the median of the per-repeat ratios: a slow spell of the machine hits both sides of a pair
+    pair_ratio = {kind: statistics.median(a / b for a, b in zip(times[f"{kind} mmcore"], times[f"{kind} transformers"],
+                                                               strict=True)) for kind in ("train", "gen")}
     tokens = BATCH * NEW_TOKENS
     print(f"device {device}, {args.dtype}, threads {torch.get_num_threads()}, batch {BATCH}, sequence {SEQUENCE}, "
-          f"repeats {args.repeats} (interleaved, medians)")
-    train_ratio = median["train mmcore"] / median["train transformers"]
+          f"repeats {args.repeats} (interleaved, alternating order; times are medians, ratios medians of pairs)")
+    train_ratio = pair_ratio["train"]
     print(f"train step      mmcore {median['train mmcore'] * 1000:8.1f} ms   transformers "
           f"{median['train transformers'] * 1000:8.1f} ms   ratio {train_ratio:.3f}  (bar <= 1.05)")
     gen_ours_tps, gen_theirs_tps = tokens / median["gen mmcore"], tokens / median["gen transformers"]
-    gen_ratio = gen_ours_tps / gen_theirs_tps
+    gen_ratio = 1 / pair_ratio["gen"]  # throughput: the inverse of the time ratio
     print(f"generation      mmcore {gen_ours_tps:8.1f} tok/s transformers {gen_theirs_tps:8.1f} tok/s "
           f"ratio {gen_ratio:.3f}  (bar >= 0.95)  identical tokens: {same}")
     memory_ratio = memory["mmcore"] / memory["transformers"]
