@@ -223,6 +223,12 @@ def test_import_llava_lora_run_and_merge(tiny_dirs: dict[str, Path], tmp_path: P
     with torch.no_grad():
         got = pipeline.model.llm.model(input_ids=ids).logits
     assert (got - expected).abs().max().item() < 1e-5
+    assert main(["train", str(tmp_path / "run")]) == 2  # no stages; and never overwrites the imported adapters
+    (tmp_path / "run" / "manifest.toml").write_text((tmp_path / "run" / "manifest.toml").read_text() +
+                                                    '\n[[stages]]\nname = "more"\ntrainable = ["projectors"]\n')
+    before = (tmp_path / "run" / "weights" / "llm.safetensors").read_bytes()
+    assert main(["train", str(tmp_path / "run")]) == 2
+    assert (tmp_path / "run" / "weights" / "llm.safetensors").read_bytes() == before
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "merged"), "--merge-lora"]) == 0
     merged = load(tmp_path / "merged")
     assert merged.model.llm.lora_config is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,6 +35,18 @@ def _batch_plan(stage: StageSpec, world: World) -> tuple[int, int]:
     return stage.batch_size, stage.global_batch_size // per_step
 
 
+def _refuse_imported_adapters(run_dir: Path) -> None:
+    """An imported LoRA run keeps its adapters only in RUN/weights, which training would replace."""
+    from safetensors import safe_open
+
+    for path in (run_dir / "weights").glob("*.safetensors"):
+        with safe_open(str(path), "pt") as handle:
+            if (handle.metadata() or {}).get("subset"):
+                raise MmcoreError(f"{path}: imported adapters that training would replace (it starts from the "
+                                  f"manifest); to train on, `mmcore export {run_dir} OUT --format hf-llava` then "
+                                  f"`mmcore import hf-llava OUT -o NEW_RUN` and train NEW_RUN")
+
+
 class Trainer:
     """Holds the run's model and state across stages."""
 
@@ -53,6 +66,13 @@ class Trainer:
         self.modules = self.model.components()
         self.log = RunLog(run_dir, world.is_main)
         self.checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        if self.checkpoint is None:
+            _refuse_imported_adapters(run_dir)
+        if self.checkpoint is None and world.is_main and any((run_dir / "weights").glob("*.safetensors")):
+            print(f"note: {run_dir / 'weights'} (an earlier run's result or an import) is not where training starts: "
+                  f"it starts from the manifest and replaces it; to continue from a model, name its files in the "
+                  f"manifest (`weights = ...`, or `mmcore export --format hf-llava` then `mmcore import hf-llava`)",
+                  file=sys.stderr)
         self.state = read_state(self.checkpoint) if self.checkpoint else TrainState()
         if self.state.lora:
             self.model.llm.apply_lora(**self.state.lora)
@@ -197,6 +217,8 @@ def train(run_dir: str | Path) -> Trainer:
     world = init_world()
     try:
         trainer = Trainer(Path(run_dir), world)
+        if not trainer.manifest.stages:
+            raise MmcoreError(f"{run_dir}/manifest.toml: no [[stages]] to train; add one")
         for index, stage in enumerate(trainer.manifest.stages):
             if index < trainer.state.stage_index:
                 continue
