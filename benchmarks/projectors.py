@@ -26,33 +26,13 @@ from typing import Any
 
 import torch
 
-SPEED_MODEL = """
-seed = 0
-[model]
-max_length = 1024
-[model.llm]
-type = "hf-causal-lm"
-tokenizer = "byte-level"
-[model.llm.config]
-model_type = "llama"
-vocab_size = 32064
-hidden_size = 512
-intermediate_size = 1376
-num_hidden_layers = 4
-num_attention_heads = 8
-max_position_embeddings = 1024
-[model.encoders.vision]
-type = "clip"
-[model.encoders.vision.config]
-hidden_size = 64
-intermediate_size = 128
-num_hidden_layers = 2
-num_attention_heads = 4
-image_size = 336
-patch_size = 14
-[model.projectors.vision]
-{projector}
-"""
+from mmcore.testing import model_manifest
+
+# Llama 4 x 512 with a 32,064 vocabulary; CLIP 2 x 64 at 336 px / 14 px patches: ViT-L/14-336's 24 x 24 grid
+SPEED_LLM = {"model_type": "llama", "vocab_size": 32064, "hidden_size": 512, "intermediate_size": 1376,
+             "num_hidden_layers": 4, "num_attention_heads": 8, "max_position_embeddings": 1024}
+SPEED_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "image_size": 336, "patch_size": 14}
 
 LINEAR = 'type = "linear"'
 C_ABS_144 = 'type = "c-abstractor"\nnum_queries = 144\nhidden_size = 256\ndepth = 3\nmlp_depth = 2'
@@ -75,7 +55,7 @@ def _speed(repeats: int) -> None:
     runs: dict[str, Any] = {}
     for name, projector in (("linear M=576", LINEAR), ("c-abstractor M=144", C_ABS_144)):
         path = folder / f"{name.split()[0]}.toml"
-        path.write_text(SPEED_MODEL.format(projector=projector))
+        path.write_text(model_manifest(SPEED_LLM, SPEED_VISION, projector, max_length=1024))
         assembly = assemble(path, device="cpu")
         model = assembly.model.train()
         model.encoders["vision"].requires_grad_(False)
@@ -109,33 +89,12 @@ def _speed(repeats: int) -> None:
           f"{3.04 / 2.23:.2f}x)")
 
 
-LOCALITY_MODEL = """
-seed = 0
-[model]
-max_length = 512
-[model.llm]
-type = "hf-causal-lm"
-tokenizer = "byte-level"
-[model.llm.config]
-model_type = "llama"
-vocab_size = 260
-hidden_size = 128
-intermediate_size = 256
-num_hidden_layers = 4
-num_attention_heads = 4
-max_position_embeddings = 512
-[model.encoders.vision]
-type = "clip"
-select_layer = -2
-[model.encoders.vision.config]
-hidden_size = 64
-intermediate_size = 128
-num_hidden_layers = 2
-num_attention_heads = 4
-image_size = 32
-patch_size = 4
-[model.projectors.vision]
-{projector}
+# the embedded default's tiny CLIP (32 px, 4 px patches: an 8 x 8 grid) and 4 x 128 Llama
+LOCALITY_LLM = {"model_type": "llama", "vocab_size": 260, "hidden_size": 128, "intermediate_size": 256,
+                "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 512}
+LOCALITY_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "image_size": 32, "patch_size": 4}
+LOCALITY_RUN = """
 [data]
 num_workers = 1
 [data.datasets.train]
@@ -186,8 +145,9 @@ def _locality(steps: int, val: int, shapes: int) -> None:
     for name, projector in LOCALITY.items():
         manifest = folder / f"{name.split()[0]}.toml"
         tasks = '["vqa/position"]' if shapes == 1 else '["vqa/position", "vqa/spatial"]'
-        manifest.write_text(LOCALITY_MODEL.format(projector=projector, steps=steps, val=val, shapes=shapes,
-                                                  tasks=tasks))
+        run_tables = LOCALITY_RUN.format(steps=steps, val=val, shapes=shapes, tasks=tasks)
+        manifest.write_text(model_manifest(LOCALITY_LLM, LOCALITY_VISION, projector, "select_layer = -2",
+                                           run_tables, max_length=512))
         run = folder / name.split()[0]
         write_lock(assemble(manifest), run)
         start = time.perf_counter()

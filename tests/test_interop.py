@@ -267,11 +267,11 @@ class _Payload:
 def test_legacy_pickles_load_with_weights_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                tiny_dirs: dict[str, Path]) -> None:
     """A pickle carrying code is refused with a one-line error (weights_only=True); tensors load."""
+    from mmcore.checkpoint import read_state_file
     from mmcore.cli import main
-    from mmcore.interop import load_legacy_state
 
     torch.save({"w": torch.ones(2)}, tmp_path / "ok.bin")
-    assert torch.equal(load_legacy_state(tmp_path / "ok.bin")["w"], torch.ones(2))
+    assert torch.equal(read_state_file(tmp_path / "ok.bin")["w"], torch.ones(2))
     src = tmp_path / "evil"
     src.mkdir()
     (src / "config.json").write_text(json.dumps(_llava_config(tiny_dirs)))
@@ -281,3 +281,23 @@ def test_legacy_pickles_load_with_weights_only(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr()
     assert code == 2 and "weights_only=True" in err.err and "pwned" not in err.out
     assert len(err.err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_default_adapt_state_dict_strips_one_common_prefix() -> None:
+    """A component without its own mapping accepts its keys under one common prefix; anything else is left
+    to the strict load, which names the culprit."""
+    from mmcore_plugin_mlp.projectors import LinearProjector
+
+    from mmcore.checkpoint import load_into
+    from mmcore.errors import MmcoreError
+    from mmcore.kinds import BuildContext, ComponentConfig, FeatureSpec
+
+    ctx = BuildContext(name="vision", upstream=FeatureSpec(dim=4, num_tokens=2), llm_hidden_size=3)
+    source, target = LinearProjector(ComponentConfig(), ctx), LinearProjector(ComponentConfig(), ctx)
+    state = {f"model.visual_proj.{k}": v for k, v in source.state_dict().items()}
+    load_into(target, target.adapt_state_dict(state), "prefixed")
+    assert torch.equal(target.layers.weight, source.layers.weight)
+    mixed = {**state, "other.bias": torch.zeros(3)}
+    assert target.adapt_state_dict(mixed) == mixed
+    with pytest.raises(MmcoreError, match="unexpected"):
+        load_into(target, target.adapt_state_dict(mixed), "mixed")

@@ -126,8 +126,7 @@ def _check_stages(loaded: LoadedManifest, registry: Registry, assembly: Assembly
                 raise site.error(f"preprocess names encoder '{encoder_name}'{did_you_mean(encoder_name, names)}; "
                                  f"encoders: {choices_text(names)}", "preprocess")
             try:
-                previous = cast(Encoder, encoder).with_preprocessing(**options)
-                cast(Encoder, encoder).with_preprocessing(**previous)
+                cast(Encoder, encoder).preprocessing_config(**options)
             except (MmcoreError, ValueError) as err:
                 first = str(err).splitlines()[0] if isinstance(err, MmcoreError) else _pydantic_line(err)
                 raise site.error(f"preprocess.{encoder_name}: {first}", "preprocess") from None

@@ -6,6 +6,6 @@
 """
 
 from mmcore.interop.hf_llava import export_hf_llava, import_hf_llava
-from mmcore.interop.llava import import_llava, load_legacy_state
+from mmcore.interop.llava import import_llava
 
-__all__ = ["export_hf_llava", "import_hf_llava", "import_llava", "load_legacy_state"]
+__all__ = ["export_hf_llava", "import_hf_llava", "import_llava"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from mmcore.errors import MmcoreError
 
-__all__ = ["new_folder", "new_run", "toml_value"]
+__all__ = ["new_folder", "new_run"]
 
 
 @contextmanager
@@ -44,14 +43,3 @@ def new_run(run: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(run, ignore_errors=True)
         raise
-
-
-def toml_value(value: object) -> str:
-    """A TOML literal for the simple values the manifests written here contain."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))

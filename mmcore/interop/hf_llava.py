@@ -17,14 +17,14 @@ exported vocabulary (added, with LLaVA's mean-row initialisation, when the token
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmcore.errors import MmcoreError
-from mmcore.interop._run import new_folder, new_run, toml_value
+from mmcore.interop._run import new_folder, new_run
+from mmcore.manifest._toml import toml_value
 
 __all__ = ["IMAGE_TOKEN", "export_hf_llava", "import_hf_llava"]
 
@@ -124,8 +124,9 @@ def _check_exportable(model: Any) -> tuple[str, Any, Any]:
                           f"default format instead")
     name, encoder = next(iter(encoders.items()))
     projector = model.projectors[name]
-    vision = getattr(encoder, "vision", None)
-    if vision is None or type(vision).__name__ != "CLIPVisionModel":
+    from transformers import CLIPVisionModel
+
+    if not isinstance(getattr(encoder, "vision", None), CLIPVisionModel):
         raise MmcoreError(f"encoder '{name}' is {type(encoder).__name__}; hf-llava needs a `clip` encoder")
     layers = getattr(projector, "layers", None)
     linears = [m for m in layers] if isinstance(layers, torch.nn.Sequential) else []
@@ -150,13 +151,10 @@ def export_hf_llava(run: Path, output: Path) -> Path:
     llm: Any = model.llm
     if getattr(llm, "lora_config", None):
         llm.merge_lora()
-    tokenizer = copy.deepcopy(pipeline.tokenizer)
+    tokenizer = llm.tokenizer  # this loaded copy of the run is ours to change
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]},
-                                     replace_extra_special_tokens=False)
-    if len(tokenizer) > llm.vocab_size:
-        # new rows = mean of the old ones, so the image token's logit is the mean logit: never the argmax
-        llm._resize(len(tokenizer))
+        # new rows = mean of the old ones (LLaVA), so the image token's logit is the mean logit: never the argmax
+        llm.add_special_tokens([IMAGE_TOKEN])
     image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     keep_cls = encoder.config.select_feature == "cls_patch"
     text_config = llm.model.config

@@ -23,11 +23,10 @@ import torch
 
 from mmcore.checkpoint import read_state_file
 from mmcore.errors import MmcoreError
-from mmcore.interop._run import new_run, toml_value
+from mmcore.interop._run import new_run
+from mmcore.manifest._toml import toml_value
 
-__all__ = ["import_llava", "load_legacy_state", "peft_to_mmcore_keys"]
-
-load_legacy_state = read_state_file  # safetensors or a weights_only pickle → {name: tensor}
+__all__ = ["import_llava", "peft_to_mmcore_keys"]
 
 _MM_KEYS = ("mm_vision_tower", "mm_hidden_size", "mm_projector_type", "mm_vision_select_layer",
             "mm_vision_select_feature", "mm_patch_merge_type", "use_mm_proj", "image_aspect_ratio",

@@ -89,15 +89,12 @@ class Component(nn.Module):
         own = set(self.state_dict())
         if set(state) <= own:
             return state
-        for key in own:
-            for found in state:
-                if found.endswith("." + key):
-                    prefix = found[: -len(key)]
-                    stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                    if set(stripped) <= own and len(stripped) == len(state):
-                        return stripped
-            break
-        return state
+        for found in state:  # try each prefix that turns one found key into one of ours
+            prefixes = [found[: -len(key)] for key in own if found.endswith("." + key)]
+            for prefix in prefixes:
+                if all(k.startswith(prefix) for k in state) and {k[len(prefix):] for k in state} <= own:
+                    return {k[len(prefix):]: v for k, v in state.items()}
+        return state  # left to the strict load, which names what does not fit
 
 
 class DataComponent(ABC):

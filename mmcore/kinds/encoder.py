@@ -35,14 +35,19 @@ class Encoder(Component):
     # Config fields that only change `preprocess`; a stage may override them (`[stages.preprocess.NAME]`).
     preprocessing_fields: ClassVar[tuple[str, ...]] = ()
 
-    def with_preprocessing(self, **options: Any) -> dict[str, Any]:
-        """Apply a stage's preprocessing overrides (validated by the Config); return the previous values."""
+    def preprocessing_config(self, **options: Any) -> Any:
+        """This encoder's Config with a stage's preprocessing overrides applied and validated."""
         unknown = sorted(set(options) - set(self.preprocessing_fields))
         if unknown:
             raise MmcoreError(f"{unknown} cannot change per stage; preprocessing options of "
                               f"{type(self).__name__}: {list(self.preprocessing_fields) or 'none'}")
+        return type(self.config).model_validate({**self.config.model_dump(), **options})
+
+    def with_preprocessing(self, **options: Any) -> dict[str, Any]:
+        """Apply a stage's preprocessing overrides; return the previous values (to restore them)."""
+        config = self.preprocessing_config(**options)
         previous = {k: getattr(self.config, k) for k in options}
-        self.config = type(self.config).model_validate({**self.config.model_dump(), **options})
+        self.config = config
         return previous
 
     @property

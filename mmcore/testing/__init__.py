@@ -12,6 +12,7 @@ The pytest plugin that parametrises them is installed with mmcore (entry point `
 """
 
 from mmcore.testing.conformance import ConformanceSuite, build_for_test, example_forward
-from mmcore.testing.fixtures import save_tiny_hf_llava, tiny_manifest
+from mmcore.testing.fixtures import model_manifest, save_tiny_hf_llava, tiny_manifest
 
-__all__ = ["ConformanceSuite", "build_for_test", "example_forward", "save_tiny_hf_llava", "tiny_manifest"]
+__all__ = ["ConformanceSuite", "build_for_test", "example_forward", "model_manifest", "save_tiny_hf_llava",
+           "tiny_manifest"]

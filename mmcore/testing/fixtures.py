@@ -6,45 +6,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["save_tiny_hf_llava", "tiny_manifest"]
+__all__ = ["model_manifest", "save_tiny_hf_llava", "tiny_manifest"]
 
-_TINY = """
-seed = 0
+TINY_LLM = {"model_type": "llama", "vocab_size": 260, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 256}
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "image_size": 28, "patch_size": 7}
 
-[model.llm]
-type = "hf-causal-lm"
-tokenizer = "byte-level"
 
-[model.llm.config]
-model_type = "llama"
-vocab_size = 260
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 1
-num_attention_heads = 4
-max_position_embeddings = 256
+def _table(name: str, values: dict[str, Any]) -> str:
+    from mmcore.manifest._toml import toml_value
 
-[model.encoders.vision]
-type = "clip"
-{encoder}
+    return f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 
-[model.encoders.vision.config]
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 2
-num_attention_heads = 4
-image_size = 28
-patch_size = 7
 
-[model.projectors.vision]
-{projector}
-"""
+def model_manifest(llm: dict[str, Any], vision: dict[str, Any], projector: str, encoder: str = "",
+                   extra: str = "", max_length: int | None = None) -> str:
+    """TOML for a model from config tables: a random `hf-causal-lm` (`llm`: a transformers config, byte-level
+    tokenizer), a random `clip` (`vision`: CLIPVisionConfig kwargs; `encoder`: more clip keys) and
+    `projector` as the body of `[model.projectors.vision]`; `extra` (data, stages, eval) is appended."""
+    model = f"[model]\nmax_length = {max_length}\n\n" if max_length else ""
+    return (f"seed = 0\n\n{model}[model.llm]\ntype = \"hf-causal-lm\"\ntokenizer = \"byte-level\"\n\n"
+            f"{_table('model.llm.config', llm)}\n[model.encoders.vision]\ntype = \"clip\"\n{encoder}\n\n"
+            f"{_table('model.encoders.vision.config', vision)}\n[model.projectors.vision]\n{projector}\n{extra}")
 
 
 def tiny_manifest(projector: str, encoder: str = "", extra: str = "") -> str:
-    """TOML for a tiny model (CLIP 28 px / 7 px patches → a 4 × 4 grid, 1-layer Llama, byte-level
-    tokenizer) with `projector` as the body of `[model.projectors.vision]`; `extra` is appended."""
-    return _TINY.format(projector=projector, encoder=encoder) + extra
+    """`model_manifest` at test size: CLIP 28 px / 7 px patches (a 4 × 4 grid), a 1-layer Llama."""
+    return model_manifest(TINY_LLM, TINY_VISION, projector, encoder, extra)
 
 
 def save_tiny_hf_llava(folder: Path, vision: dict[str, Any], text: dict[str, Any], image_tokens: int,

@@ -30,7 +30,6 @@ class TrainState:
     trained: dict[str, list[str]] = field(default_factory=dict)  # component → parameter names ever trained
     lora: dict[str, Any] | None = None  # the LoRA applied to the LLM, re-applied on resume
     skipped: dict[str, int] = field(default_factory=dict)
-    start_step: int = 0  # where this process started the stage (0, or the resumed step)
 
 
 def _replace_text(path: Path, text: str) -> None:

@@ -157,7 +157,7 @@ class Trainer:
     def _loop(self, stage: StageSpec, data: StageData, engine: Any, batch: int, accum: int) -> None:
         from torch.utils.data import DataLoader
 
-        self.state.start_step = self.state.step
+        start = self.state.step  # this process's first step of the stage (0, or where it resumed)
         plan = rank_batches(self.state.step, self.state.steps, self.world.rank, self.world.size, batch, accum)
         workers = self.manifest.data.num_workers
         loader = DataLoader(data, batch_sampler=plan, collate_fn=data.collate, num_workers=workers,
@@ -178,7 +178,7 @@ class Trainer:
                 losses.append(engine.micro_step(loaded.batch, micro == accum - 1))
                 tokens += loaded.tokens
                 used += 0 if loaded.batch is None else len(loaded.batch.sample_ids)
-            if used == 0 and step + 1 - self.state.start_step >= min(10, self.state.steps - self.state.start_step):
+            if used == 0 and step + 1 - start >= min(10, self.state.steps - start):
                 reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.state.skipped.items()))
                 raise MmcoreError(f"stage '{stage.name}': every record so far was skipped ({reasons}); for "
                                   f"over-length or no-supervision raise [model] max_length, else fix the data")

@@ -35,14 +35,14 @@ class ShapesConfig(ComponentConfig):
     image_size: int = Field(64, ge=16)
     max_shapes: int = Field(3, ge=1, le=4)
     min_shapes: int = Field(1, ge=1, le=4)  # 2: every scene can ask a real spatial question
+    tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS))
+    box_format: Literal["honeybee", "minigpt"] = "honeybee"  # text of referring boxes
 
     @model_validator(mode="after")
     def _range(self) -> ShapesConfig:
         if self.min_shapes > self.max_shapes:
             raise ValueError(f"min_shapes {self.min_shapes} is above max_shapes {self.max_shapes}")
         return self
-    tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS))
-    box_format: Literal["honeybee", "minigpt"] = "honeybee"  # text of referring boxes
 
     @field_validator("tasks")
     @classmethod
