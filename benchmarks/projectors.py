@@ -60,7 +60,7 @@ def _speed(repeats: int) -> None:
         model = assembly.model.train()
         model.encoders["vision"].requires_grad_(False)
         pipeline = Pipeline(model, assembly.max_length, assembly.registry, folder)
-        batch = pipeline.batch(samples, "plain", train=True)
+        batch = pipeline.processor.batch(samples, "plain", train=True)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         runs[name] = (model, batch, optimizer, assembly.parameters["projectors.vision"])
 
@@ -137,7 +137,8 @@ LOCALITY = {
 
 
 def _locality(steps: int, val: int, shapes: int) -> None:
-    from mmcore.assembly import assemble, write_lock
+    from mmcore.assembly import assemble
+    from mmcore.run import Run
     from mmcore.train import train
 
     folder = Path(tempfile.mkdtemp(prefix="mmcore-locality-"))
@@ -149,7 +150,7 @@ def _locality(steps: int, val: int, shapes: int) -> None:
         manifest.write_text(model_manifest(LOCALITY_LLM, LOCALITY_VISION, projector, "select_layer = -2",
                                            run_tables, max_length=512))
         run = folder / name.split()[0]
-        write_lock(assemble(manifest), run)
+        Run.create(run, assemble(manifest))
         start = time.perf_counter()
         train(run)  # trains, then evaluates [eval] into RUN/eval
         minutes = (time.perf_counter() - start) / 60

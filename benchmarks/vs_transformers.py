@@ -112,7 +112,7 @@ def main() -> None:
         vision.requires_grad_(False)  # LLaVA stage 2: projector + LLM
     image_token = theirs.config.image_token_id
 
-    train_batch = pipeline.batch(samples(train=True), "plain", train=True).to(device)
+    train_batch = pipeline.processor.batch(samples(train=True), "plain", train=True).to(device)
     assert train_batch.input_ids.shape == (BATCH, SEQUENCE), train_batch.input_ids.shape
     hf_ids = train_batch.input_ids.masked_fill(train_batch.media_token_index >= 0, image_token)
     pixels = train_batch.media["image"].to(dtype)
@@ -131,7 +131,7 @@ def main() -> None:
         optimizers["transformers"].step()
         optimizers["transformers"].zero_grad(set_to_none=True)
 
-    gen_batch = pipeline.batch(samples(train=False), "vicuna_v1", train=False).to(device)
+    gen_batch = pipeline.processor.batch(samples(train=False), "vicuna_v1", train=False).to(device)
     gen_batch.media["image"] = gen_batch.media["image"].to(dtype)
     gen_ids = gen_batch.input_ids.masked_fill(gen_batch.media_token_index >= 0, image_token)
     options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}

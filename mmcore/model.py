@@ -135,11 +135,13 @@ class MultimodalModel(nn.Module):
             if modality not in batch.media:
                 continue
             name = self.modality_encoder[modality]
+            items = batch.media[modality]
             projector = cast(Projector, self.projectors[name])
-            projected = run_in_policy(projector, self._encode(modality, batch.media[modality]))  # (N_m, M, D)
+            features = self._encode(modality, items.views[f"encoders.{name}"])
+            projected = run_in_policy(projector, features)  # (N_m, M, D)
             if isinstance(projector, AdapterProjector):
                 summed = projected.new_zeros((batch_size, *projected.shape[1:]))
-                self._conditions[name] = summed.index_add(0, batch.media_sample_index[modality], projected)
+                self._conditions[name] = summed.index_add(0, items.sample_index, projected)
             else:
                 flat.append(projected.reshape(-1, projected.shape[-1]))
         return torch.cat(flat) if flat else None

@@ -11,7 +11,7 @@ from typing import Any
 
 from mmcore.errors import MmcoreError, choices_text, did_you_mean
 
-__all__ = ["Source", "preset_names", "resolve_source"]
+__all__ = ["Source", "check_config_table", "config_class", "preset_names", "resolve_source"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,46 @@ def _from_hf_cache(name: str) -> Source | None:
     if not config.exists():
         return None
     return Source(name, json.loads(config.read_text()), "hf-cache", folder)
+
+
+def config_class(model_type: str) -> Any:
+    """The transformers config class of `model_type`; a ValueError with a did-you-mean otherwise."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"config.model_type '{model_type}' is not a transformers model type"
+                         f"{did_you_mean(model_type, CONFIG_MAPPING.keys())}")
+    return CONFIG_MAPPING[model_type]
+
+
+def _known_keys(cls: Any) -> set[str]:
+    import inspect
+
+    known = set(inspect.signature(cls.__init__).parameters) | set(getattr(cls, "attribute_map", {}))
+    return known | set(cls().to_dict()) - {"self", "kwargs"}
+
+
+def check_config_table(cls: Any, table: dict[str, Any]) -> Any:
+    """Build `cls(**table)` (a transformers config) or raise a one-line ValueError: an unknown key (which
+    transformers would keep silently, leaving e.g. a default 32-layer Llama) gets a did-you-mean from the
+    class's own fields; a value of the wrong type names the field and what it expects."""
+    try:
+        built = cls(**table)
+    except Exception as err:  # huggingface_hub's StrictDataclassFieldValidationError, TypeError, ValueError
+        import re
+
+        text = str(err)
+        field = re.search(r"field '(\w+)'", text)
+        detail = next((line.strip() for line in text.splitlines() if line.strip().startswith("TypeError:")),
+                      text.strip().splitlines()[-1] if text.strip() else type(err).__name__)
+        detail = re.sub(r"^Field '\w+' ", "", detail.removeprefix("TypeError: ")).split(". Errors:")[0]
+        raise ValueError(f"config.{field.group(1)}: {detail}" if field else f"config: {detail}") from None
+    known = _known_keys(cls)
+    stored = set(built.to_dict())
+    for key in table:
+        if key not in known and key in stored:  # kept as a plain attribute: transformers does not know it
+            raise ValueError(f"config.{key}: unknown key for {cls.__name__}{did_you_mean(key, known)}")
+    return built
 
 
 def resolve_source(value: str, base_dir: Path) -> Source:

@@ -55,6 +55,11 @@ source = "{clip}"
 type = "mlp"
 depth = 2
 
+[data.datasets.shapes]
+type = "synthetic-shapes"
+size = 8
+image_size = 28
+
 [[stages]]
 name = "align"
 trainable = ["projectors"]
@@ -95,13 +100,14 @@ def tiny_manifest(write_manifest: Callable[[str], Path], tiny_dirs: dict[str, Pa
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The tiny manifest assembled with real weights, as `mmcore.load` returns it."""
-    from mmcore.assembly import assemble, write_lock
+    from mmcore.assembly import assemble
     from mmcore.pipeline import load
+    from mmcore.run import Run
 
     folder = tmp_path_factory.mktemp("tiny-run")
     manifest = folder / "tiny.toml"
     manifest.write_text(TINY_MODEL.format(llama=tiny_dirs["llama"], clip=tiny_dirs["clip"]))
-    write_lock(assemble(manifest), folder / "run")
+    Run.create(folder / "run", assemble(manifest))
     return load(folder / "run")
 
 

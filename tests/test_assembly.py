@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from mmcore.assembly import assemble, lock_data
+from mmcore.assembly import assemble
 from mmcore.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -57,7 +57,9 @@ bias_norm = true
 
 def test_lock_is_complete_and_stable(tiny_manifest: Path) -> None:
     """The lock holds the resolved manifest with defaults, plugin versions and a hash stable across runs."""
-    first, second = lock_data(assemble(tiny_manifest)), lock_data(assemble(tiny_manifest))
+    from mmcore.run._lock import lock_data
+
+    first, second = lock_data(assemble(tiny_manifest), []), lock_data(assemble(tiny_manifest), [])
     assert first["hash"] == second["hash"]
     vision = first["resolved"]["model"]["encoders"]["vision"]
     assert vision["select_layer"] == -2 and vision["select_feature"] == "patch"  # defaults filled in
@@ -72,7 +74,7 @@ def test_assemble_writes_run_and_dry_run_writes_nothing(tiny_manifest: Path, tmp
     assert not (tmp_path / "dry").exists()
     assert main(["assemble", str(tiny_manifest), "-o", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "projectors.vision" in out and "mmcore-plugin-mlp 0.1.0" in out and "train:align" in out
+    assert "projectors.vision" in out and "mmcore-plugin-mlp 0.2.0" in out and "train:align" in out
     lock = json.loads((tmp_path / "run" / "assembly.lock").read_text())
     assert lock["tokens_per_item"] == {"image": 4}
 

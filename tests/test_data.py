@@ -11,9 +11,9 @@ import pytest
 
 from mmcore.builtins.datasets.llava_json import LlavaJson, LlavaJsonConfig
 from mmcore.builtins.datasets.shapes import ShapesConfig, SyntheticShapes
+from mmcore.data._mixture import epoch_order, group_by_modality_length, rank_batches, stage_order
 from mmcore.errors import SampleError
 from mmcore.kinds import BuildContext, ComponentConfig, Dataset
-from mmcore.train._mixture import epoch_order, group_by_modality_length, rank_batches, stage_order
 
 
 def _shapes(**options: object) -> SyntheticShapes:
@@ -166,7 +166,7 @@ class _Records(Dataset):  # type: ignore[misc]
 def test_honeybee_multi_turn_packing_with_dedup() -> None:
     """An image's records become one multi-turn sample (placeholder once); repeated answers within the image
     are dropped first; chunks hold at most `turns` pairs; packing is deterministic."""
-    from mmcore.train._packing import PackedDataset
+    from mmcore.data._packing import PackedDataset
 
     data = _Records(ComponentConfig(), BuildContext(name="records"))
     packed = PackedDataset(data, turns=10, dedup="answer", seed=0)
@@ -185,9 +185,9 @@ def test_packing_is_a_dataset_option() -> None:
     every turn (Honeybee's multi-turn format)."""
     from mmcore.builtins.datasets.shapes import ShapesConfig, SyntheticShapes
     from mmcore.builtins.templates import HoneybeeTemplate
+    from mmcore.data._packing import PackedDataset
     from mmcore.kinds import BuildContext
     from mmcore.manifest._schema import DatasetRef
-    from mmcore.train._packing import PackedDataset
 
     ref = DatasetRef.model_validate({"type": "synthetic-shapes", "size": 2, "pack_turns": 4, "dedup": "answer"})
     assert "pack_turns" not in ref.options() and ref.dedup == "answer"

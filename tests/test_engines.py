@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mmcore.assembly import assemble, write_lock
+from mmcore.assembly import assemble
+from mmcore.run import Run
 
 STAGE = """
 [data]
@@ -46,7 +47,7 @@ def _run(tiny_model_text: str, folder: Path, engine: str, nproc: int, extensions
     manifest = folder / f"{engine}-{nproc}.toml"
     manifest.write_text(tiny_model_text.split("[[stages]]")[0] + STAGE.format(engine=engine))
     run = folder / f"{engine}-{nproc}"
-    write_lock(assemble(manifest), run)
+    Run.create(run, assemble(manifest))
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": extensions, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "mmcore", "train", str(run), "--nproc", str(nproc)],
                           env=env, capture_output=True, text=True, timeout=900)

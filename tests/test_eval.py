@@ -74,13 +74,14 @@ def test_answer_format_prompts_and_batch_8(tiny_pipeline: Any) -> None:
 def test_eval_cli_writes_reports(tiny_pipeline: Any, tiny_model_text: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`mmcore eval RUN --data NAME` writes metrics.json, answers.jsonl and a PNG sheet; a bad name exits 2."""
-    from mmcore.assembly import assemble, write_lock
+    from mmcore.assembly import assemble
     from mmcore.cli import main
+    from mmcore.run import Run
 
     manifest = tmp_path / "m.toml"
     manifest.write_text(tiny_model_text + '\n[data.datasets.val]\ntype = "synthetic-shapes"\nsplit = "val"\n'
                         'size = 3\nimage_size = 28\ntasks = ["vqa/shape"]\n')
-    write_lock(assemble(manifest), tmp_path / "run")
+    Run.create(tmp_path / "run", assemble(manifest))
     assert main(["eval", str(tmp_path / "run"), "--data", "val", "--max-new-tokens", "4"]) == 0
     report = tmp_path / "run" / "eval" / "val"
     assert (report / "metrics.json").exists() and (report / "samples.png").stat().st_size > 1000

@@ -75,15 +75,20 @@ def test_hook_mmcore_model_assembled(local_manifest: Path) -> None:
 
 def test_hook_mmcore_add_commands(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A hook plugin adds a CLI subcommand, reachable as `mmcore NAME`."""
+    import click
+
     import mmcore
     import mmcore.registry as registry_module
     from mmcore.cli import main
 
+    @click.command()
+    def hello() -> None:
+        click.echo("hello from a plugin")
+
     class Commands:
         @mmcore.hookimpl
-        def mmcore_add_commands(self, subparsers):  # type: ignore[no-untyped-def]
-            parser = subparsers.add_parser("hello")
-            parser.set_defaults(func=lambda args: print("hello from a plugin") or 0)
+        def mmcore_add_commands(self, cli):  # type: ignore[no-untyped-def]
+            cli.add_command(hello)
 
     def manager(*args, **kwargs):  # type: ignore[no-untyped-def]
         pm = new_plugin_manager(*args, **kwargs)

@@ -41,18 +41,19 @@ def _compare(pipeline: Any, hf: Any) -> None:
     """Same inputs → logits within 1e-5, and identical greedy batched generation (left padding, mixed lengths)."""
     samples = [Sample(id=str(i), conversation=[Turn("user", q)], media={"image": [im]})
                for i, (q, im) in enumerate(zip(QUESTIONS, _random_images(len(QUESTIONS)), strict=True))]
-    batch = pipeline.batch(samples, "vicuna_v1", train=False)
+    batch = pipeline.processor.batch(samples, "vicuna_v1", train=False)
     assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # mixed prompt lengths
     ids = batch.input_ids.clone()
     ids[batch.media_token_index >= 0] = hf.config.image_token_id  # transformers marks image positions by id
+    pixels = batch.media["image"].views["encoders.vision"]
     with torch.no_grad():
         ours = pipeline.model(batch).logits
         theirs = hf(input_ids=ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                    pixel_values=batch.media["image"]).logits
+                    pixel_values=pixels).logits
     real = batch.attention_mask.bool()
     assert (ours - theirs[..., : ours.shape[-1]])[real].abs().max().item() < 1e-5
     ours_new = pipeline.model.generate(batch, max_new_tokens=10)
-    theirs_new = hf.generate(input_ids=ids, attention_mask=batch.attention_mask, pixel_values=batch.media["image"],
+    theirs_new = hf.generate(input_ids=ids, attention_mask=batch.attention_mask, pixel_values=pixels,
                              max_new_tokens=10, do_sample=False, pad_token_id=pipeline.tokenizer.pad_token_id,
                              eos_token_id=pipeline.tokenizer.eos_token_id)[:, ids.shape[1]:]
     assert torch.equal(ours_new, theirs_new)
@@ -81,13 +82,14 @@ def test_export_hf_llava_loads_in_transformers(tiny_pipeline: Any, tiny_model_te
     agrees on logits and generation; its processor expands <image> to the projector's token count."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from mmcore.assembly import assemble, write_lock
+    from mmcore.assembly import assemble
     from mmcore.cli import main
     from mmcore.pipeline import load
+    from mmcore.run import Run
 
     manifest = tmp_path / "tiny.toml"
     manifest.write_text(tiny_model_text)
-    write_lock(assemble(manifest), tmp_path / "run")
+    Run.create(tmp_path / "run", assemble(manifest))
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--format", "hf-llava"]) == 0
     hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     pipeline = load(tmp_path / "run")
@@ -122,11 +124,12 @@ def test_hf_llava_errors_are_one_line(hf_llava_dir: Path, tmp_path: Path, tiny_d
     assert main(["import", "hf-llava", str(hf_llava_dir), "-o", str(tmp_path / "taken")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
-    from mmcore.assembly import assemble, write_lock
+    from mmcore.assembly import assemble
+    from mmcore.run import Run
     from mmcore.testing import tiny_manifest
 
     (tmp_path / "taken" / "linear.toml").write_text(tiny_manifest('type = "linear"'))
-    write_lock(assemble(tmp_path / "taken" / "linear.toml"), tmp_path / "taken" / "run")
+    Run.create(tmp_path / "taken" / "run", assemble(tmp_path / "taken" / "linear.toml"))
     assert main(["export", str(tmp_path / "taken" / "run"), str(tmp_path / "hf"), "--format", "hf-llava"]) == 2
     assert "use type = \"mlp\" with depth = 2" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
@@ -224,10 +227,13 @@ def test_import_llava_lora_run_and_merge(tiny_dirs: dict[str, Path], tmp_path: P
         got = pipeline.model.llm.model(input_ids=ids).logits
     assert (got - expected).abs().max().item() < 1e-5
     assert main(["train", str(tmp_path / "run")]) == 2  # no stages; and never overwrites the imported adapters
-    (tmp_path / "run" / "manifest.toml").write_text((tmp_path / "run" / "manifest.toml").read_text() +
-                                                    '\n[[stages]]\nname = "more"\ntrainable = ["projectors"]\n')
+    manifest = tmp_path / "run" / "manifest.toml"
+    manifest.write_text(manifest.read_text() + '\n[[stages]]\nname = "more"\ntrainable = ["projectors"]\n'
+                        '[data.datasets.shapes]\ntype = "synthetic-shapes"\nsize = 2\n')
     before = (tmp_path / "run" / "weights" / "llm.safetensors").read_bytes()
-    assert main(["train", str(tmp_path / "run")]) == 2
+    assert main(["train", str(tmp_path / "run")]) == 2  # the edit is detected, not used
+    assert main(["assemble", str(manifest), "-o", str(tmp_path / "run"), "--force"]) == 0
+    assert main(["train", str(tmp_path / "run")]) == 2  # the imported adapters would be replaced
     assert (tmp_path / "run" / "weights" / "llm.safetensors").read_bytes() == before
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "merged"), "--merge-lora"]) == 0
     merged = load(tmp_path / "merged")

@@ -21,8 +21,8 @@ def test_forward_loss_and_projector_gradients(tiny_pipeline: Any, images: list[P
     """Training forward gives a finite LM loss; backward reaches the projector, not a frozen encoder."""
     model = tiny_pipeline.model
     model.encoders.requires_grad_(False)
-    batch = tiny_pipeline.batch([_sample(0, images[0], "colour?", "red"), _sample(1, images[1], "q", "green")],
-                                "vicuna_v1", train=True)
+    batch = tiny_pipeline.processor.batch([_sample(0, images[0], "colour?", "red"),
+                                           _sample(1, images[1], "q", "green")], "vicuna_v1", train=True)
     out = model(batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -35,12 +35,13 @@ def test_forward_loss_and_projector_gradients(tiny_pipeline: Any, images: list[P
 def test_media_tokens_replace_placeholder_embeddings(tiny_pipeline: Any, images: list[Path]) -> None:
     """Embeddings at media positions are exactly the projector's output, in order."""
     model = tiny_pipeline.model
-    batch = tiny_pipeline.batch([_sample(0, images[0], "q", "a")], "plain", train=True)
+    processor = tiny_pipeline.processor
+    batch = processor.batch([_sample(0, images[0], "q", "a")], "plain", train=True)
     with torch.no_grad():
         embeds = model.embed(batch)
-        features = model.encoders["vision"](batch.media["image"], "image")
+        features = model.encoders["vision"](batch.media["image"].views["encoders.vision"], "image")
         projected = model.projectors["vision"](features)[0]  # (M, D)
-    (_, start, length), = tiny_pipeline.encode(_sample(0, images[0], "q", "a"), "plain", True).media_spans
+    (_, start, length), = processor.encode(_sample(0, images[0], "q", "a"), "plain", True).media_spans
     assert torch.allclose(embeds[0, start : start + length], projected)
 
 
@@ -50,9 +51,30 @@ def test_batched_generation_equals_one_by_one(tiny_pipeline: Any, images: list[P
                "<image>\nShape?"]
     media = [{"image": [images[i % 3]]} for i in range(4)]
     batched = tiny_pipeline.answer(prompts, media, template="vicuna_v1", max_new_tokens=6)
-    single = [tiny_pipeline.answer([p], [m], template="vicuna_v1", max_new_tokens=6)[0]
+    single = [tiny_pipeline.answer(p, m, template="vicuna_v1", max_new_tokens=6)
               for p, m in zip(prompts, media, strict=True)]
     assert batched == single
+
+
+def test_answer_takes_one_prompt_and_adds_the_placeholder(tiny_pipeline: Any, images: list[Path]) -> None:
+    """`answer("text", image)` answers one prompt; a prompt without `<image>` gets it in front, as the CLI does."""
+    with_placeholder = tiny_pipeline.answer("<image>\nWhat colour?", images[0], max_new_tokens=4)
+    assert isinstance(with_placeholder, str)
+    assert tiny_pipeline.answer("What colour?", images[0], max_new_tokens=4) == with_placeholder
+
+
+def test_answer_uses_the_runs_template(tiny_model_text: str, tmp_path: Path, images: list[Path]) -> None:
+    """`mmcore.load(run)` answers with the run's own template (its last stage's), not a fixed default."""
+    from mmcore.assembly import assemble
+    from mmcore.pipeline import load
+    from mmcore.run import Run
+
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(tiny_model_text.replace('template = "vicuna_v1"', 'template = "llama2"'))
+    pipeline = load(Run.create(tmp_path / "run", assemble(manifest)).root)
+    assert pipeline.template == "llama2"
+    assert pipeline.answer("What colour?", images[0], max_new_tokens=4) == \
+        pipeline.answer("What colour?", images[0], template="llama2", max_new_tokens=4)
 
 
 def test_sampling_is_seeded(tiny_pipeline: Any, images: list[Path]) -> None:
@@ -90,14 +112,12 @@ def _adapter_model(tiny_pipeline: Any) -> Any:
 
 def test_adapter_mode_zero_gate_is_identity(tiny_pipeline: Any, images: list[Path]) -> None:
     """Adapter mode adds no tokens, and with zero-initialised gates the LLM's logits are unchanged."""
-    from mmcore.sequence import SequenceBuilder, collate
+    from mmcore.data import Processor
 
     model = _adapter_model(tiny_pipeline)
     assert model.tokens_per_item == {"image": 0}
-    builder = SequenceBuilder(tiny_pipeline.tokenizer, model.tokens_per_item, 256)
-    sample = _sample(0, images[0], "what?", "red")
-    encoded = builder.encode(tiny_pipeline.template("vicuna_v1").render(sample.conversation), {"image": 1}, "s")
-    batch = collate(builder, [encoded], [tiny_pipeline.preprocess(sample)], ["image"], "right")
+    processor = Processor.for_model(model, 256, tiny_pipeline.processor.templates)
+    batch = processor.batch([_sample(0, images[0], "what?", "red")], "vicuna_v1", train=True)
     plain = model.llm(model.llm.embed(batch.input_ids), batch.attention_mask, batch.position_ids).logits
     with torch.no_grad():
         assert torch.equal(model(batch).logits, plain)
@@ -123,7 +143,7 @@ def test_trigger_positions_before_and_at() -> None:
 
 def test_generate_refuses_right_padding(tiny_pipeline: Any, images: list[Path]) -> None:
     """generate() needs a left-padded batch."""
-    batch = tiny_pipeline.batch([_sample(0, images[0], "q", "a"), _sample(1, images[1], "longer question", "b")],
-                                "vicuna_v1", train=True)
+    batch = tiny_pipeline.processor.batch([_sample(0, images[0], "q", "a"),
+                                           _sample(1, images[1], "longer question", "b")], "vicuna_v1", train=True)
     with pytest.raises(ValueError, match="left padding"):
         tiny_pipeline.model.generate(batch)

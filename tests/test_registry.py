@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from mmcore.errors import PluginError
-from mmcore.registry import Entry, Registry
+from mmcore.registry import API_VERSION, Entry, Registry
 
 
-def _package(root: Path, name: str, body: str, api: int = 1) -> None:
+def _package(root: Path, name: str, body: str, api: int = API_VERSION) -> None:
     (root / name).mkdir(parents=True)
     (root / name / "__init__.py").write_text(f"MMCORE_API = {api}\n")
     (root / name / "component.py").write_text(textwrap.dedent(body))
@@ -57,9 +57,9 @@ def test_two_distributions_one_name_is_an_error(plugin_root: Path) -> None:
 
 def test_api_mismatch_is_a_clear_message(plugin_root: Path) -> None:
     """A plugin built for another core API is refused with both versions named."""
-    _package(plugin_root, "future_plugin", GOOD, api=2)
+    _package(plugin_root, "future_plugin", GOOD, api=3)
     registry = Registry([Entry("projector", "future", "future_plugin.component:Other", "mmcore-plugin-future", "9")])
-    with pytest.raises(PluginError, match="built for mmcore API 2, but this mmcore provides API 1"):
+    with pytest.raises(PluginError, match="built for mmcore API 3, but this mmcore provides API 2"):
         registry.resolve("projector", "future")
 
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmcore.assembly import assemble, write_lock
+from mmcore.assembly import assemble
 from mmcore.cli import main
+from mmcore.run import Run
 
 DATA = """
 [data]
@@ -75,7 +76,7 @@ def make_run(tiny_model_text: str, tmp_path: Path) -> Any:
                             STAGES.format(align_steps=align_steps, instruct_steps=instruct_steps, extra=extra,
                                           instruct_trainable=instruct_trainable))
         run = tmp_path / name
-        write_lock(assemble(manifest), run)
+        Run.create(run, assemble(manifest))
         return run
 
     return make
@@ -95,7 +96,7 @@ def test_train_smoke_loss_falls(make_run: Any) -> None:
     assert len(_steps(run, "instruct")) == 4
     assert (run / "plots" / "loss-align.png").stat().st_size > 1000
     assert {p.name for p in (run / "weights").iterdir()} == {"llm.safetensors", "encoders.vision.safetensors",
-                                                              "projectors.vision.safetensors"}
+                                                              "projectors.vision.safetensors", "run.json"}
 
 
 def test_stage_trains_only_its_components(make_run: Any, tiny_dirs: dict[str, Path]) -> None:
@@ -271,6 +272,7 @@ def test_a_stage_that_skips_everything_stops(make_run: Any, capsys: pytest.Captu
     text = (run / "manifest.toml").read_text().replace("max_length = 256", "max_length = 100")
     (run / "manifest.toml").write_text(text.replace('template = "plain"\ndatasets = ["vqa"]',
                                                     'template = "vicuna_v1"\ndatasets = ["vqa"]'))
+    assert main(["assemble", str(run / "manifest.toml"), "-o", str(run)]) == 0
     assert main(["train", str(run)]) == 2
     err = capsys.readouterr().err
     assert "every record so far was skipped" in err and "over-length" in err
@@ -286,18 +288,18 @@ def test_modality_length_grouping_trains(make_run: Any) -> None:
 def test_stage_preprocessing_override(make_run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """`[stages.preprocess.vision]` changes the encoder's preprocessing for that stage only (LLaVA-1.5:
     square in pretraining, pad in finetuning)."""
-    from mmcore_plugin_clip.encoder import ClipEncoder
+    from mmcore_plugin_clip.encoder import ClipView
 
     from mmcore.train import train
 
     seen: list[str] = []
-    original = ClipEncoder.preprocess
+    original = ClipView.__call__
 
-    def spy(self: ClipEncoder, item: Any, modality: str) -> torch.Tensor:
-        seen.append(self.config.image_aspect_ratio)
+    def spy(self: ClipView, item: Any, modality: str) -> Any:
+        seen.append(self.aspect)
         return original(self, item, modality)
 
-    monkeypatch.setattr(ClipEncoder, "preprocess", spy)
+    monkeypatch.setattr(ClipView, "__call__", spy)
     run = make_run(align_steps=1, instruct_steps=1,
                    extra='[stages.preprocess.vision]\nimage_aspect_ratio = "square"')
     trainer = train(run)

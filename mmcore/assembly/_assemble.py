@@ -1,4 +1,9 @@
-"""`assemble`: manifest → resolved components → a `MultimodalModel` (on meta or for real) + checks."""
+"""`assemble`: manifest → validated plan → `MultimodalModel` (on meta or for real) + checks.
+
+Order matters for the user: everything that needs no module — every component's type and options, the
+transformers config tables, every dataset's options and files, templates, box codec, mixtures — is
+checked first, so a typo fails in milliseconds with one line; only then are modules built.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ from typing import Any, cast
 
 import torch
 
-from mmcore.assembly._build import ComponentSite, build_component, unknown_template
-from mmcore.assembly._params import count, stage_trainable
-from mmcore.errors import MmcoreError, choices_text, did_you_mean
-from mmcore.kinds import AdapterProjector, BuildContext, ComponentConfig, Encoder
+from mmcore.assembly._build import ComponentSite, Planned, construct, plan_component
+from mmcore.assembly._checks import check_data, check_stage_modules
+from mmcore.assembly._params import count, stage_counts
+from mmcore.errors import ManifestError
+from mmcore.kinds import AdapterProjector, BuildContext, ComponentConfig, Template
 from mmcore.manifest import LoadedManifest, load_manifest
 from mmcore.model import MultimodalModel
 from mmcore.registry import Registry, Resolved, new_plugin_manager
@@ -30,67 +36,78 @@ class Assembly:
     configs: dict[str, ComponentConfig]  # qualified name → validated config (defaults filled in)
     parameters: dict[str, int]  # qualified name → parameter count
     max_length: int = 2048  # the sequence budget in effect
-    trainable: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → name → count
+    trainable: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → name → count (meta only)
     registry: Registry | None = None
     pm: Any = None
+    templates: dict[str, Template] = field(default_factory=dict)  # every template the manifest names
+    notes: list[str] = field(default_factory=list)  # what the user should know (data not on this machine)
 
     @property
     def tokens_per_item(self) -> dict[str, int]:
         return self.model.tokens_per_item
+
+    def template(self, name: str) -> Template:
+        """A template by name: the manifest's, or any installed one (built with the LLM's tokenizer)."""
+        if name not in self.templates:
+            assert self.registry is not None  # Contract: assemble_loaded sets it
+            cls: Any = self.registry.resolve("template", name).cls
+            self.templates[name] = cls(cls.Config(), BuildContext(name=name, tokenizer=self.model.llm.tokenizer))
+        return self.templates[name]
+
+
+def _plan(loaded: LoadedManifest, registry: Registry) -> dict[str, Planned]:
+    """Every model component resolved and its options validated, in build order."""
+    model = loaded.manifest.model
+    plan = {"llm": plan_component(ComponentSite(loaded, ("model", "llm")), registry, "llm", model.llm)}
+    for group, kind in (("encoders", "encoder"), ("projectors", "projector"), ("heads", "head")):
+        for name, spec in getattr(model, group).items():
+            site = ComponentSite(loaded, ("model", group, name))
+            plan[f"{group}.{name}"] = plan_component(site, registry, kind, spec)
+    if model.retriever is not None:
+        plan["retriever"] = plan_component(ComponentSite(loaded, ("model", "retriever")), registry, "retriever",
+                                           model.retriever)
+    return plan
 
 
 def _context(loaded: LoadedManifest, name: str, device: torch.device, **wiring: Any) -> BuildContext:
     return BuildContext(name=name, device=device, base_dir=loaded.base_dir, **wiring)
 
 
-def _build_encoders(loaded: LoadedManifest, registry: Registry, device: torch.device,
-                    parts: dict[str, Any]) -> dict[str, str]:
-    model = loaded.manifest.model
-    modality_encoder: dict[str, str] = {}
-    for name, spec in model.encoders.items():
-        site = ComponentSite(loaded, ("model", "encoders", name))
-        encoder, resolved = build_component(site, registry, "encoder", spec, _context(loaded, name, device))
-        assert isinstance(encoder, Encoder)
-        unsupported = [m for m in spec.modalities if m not in encoder.modalities]
-        if unsupported:
-            raise site.error(f"'{spec.type}' does not take {unsupported}; it takes {list(encoder.modalities)}",
-                             "modalities")
-        parts[f"encoders.{name}"] = (encoder, resolved)
-        modality_encoder.update(dict.fromkeys(spec.modalities, name))
-    return modality_encoder
-
-
-def _build_projectors(loaded: LoadedManifest, registry: Registry, device: torch.device,
-                      parts: dict[str, Any]) -> None:
-    llm = parts["llm"][0]
-    for name, spec in loaded.manifest.model.projectors.items():
-        site = ComponentSite(loaded, ("model", "projectors", name))
-        upstream = parts[f"encoders.{name}"][0].output_spec
-        cls: Any = registry.resolve("projector", spec.type, where=site.where("type")).cls
-        if cls.requires_grid and upstream.grid is None:
-            raise site.error(f"'{spec.type}' needs grid-shaped features, but encoder '{name}' reports no "
-                             f"grid (for clip: set select_feature = \"patch\" to drop CLS)", "type")
-        layout = llm.attention_sites() if issubclass(cls, AdapterProjector) else None
-        ctx = _context(loaded, name, device, upstream=upstream, llm_hidden_size=llm.hidden_size,
-                       llm_layout=layout, tokenizer=llm.tokenizer)
-        parts[f"projectors.{name}"] = build_component(site, registry, "projector", spec, ctx)
-
-
-def _build_heads(loaded: LoadedManifest, registry: Registry, device: torch.device,
-                 parts: dict[str, Any]) -> None:
-    llm = parts["llm"][0]
-    for name, spec in loaded.manifest.model.heads.items():
-        site = ComponentSite(loaded, ("model", "heads", name))
-        ctx = _context(loaded, name, device, llm_hidden_size=llm.hidden_size, tokenizer=llm.tokenizer)
-        head, resolved = build_component(site, registry, "head", spec, ctx)
-        head.trigger_id = llm.add_special_tokens([head.trigger_token])[0]
-        parts[f"heads.{name}"] = (head, resolved)
-    retriever = loaded.manifest.model.retriever
-    if retriever is not None:
-        site = ComponentSite(loaded, ("model", "retriever"))
-        upstream = parts[f"encoders.{retriever.encoder}"][0].output_spec
-        ctx = _context(loaded, "retriever", device, upstream=upstream)
-        parts["retriever"] = build_component(site, registry, "retriever", retriever, ctx)
+def _build(loaded: LoadedManifest, plan: dict[str, Planned], device: torch.device) -> dict[str, Any]:
+    """Construct the planned components, wiring dimensions: LLM, encoders, projectors, heads, retriever."""
+    parts: dict[str, Any] = {"llm": construct(plan["llm"], _context(loaded, "llm", device))}
+    llm = parts["llm"]
+    for qualified, planned in plan.items():
+        group, _, name = qualified.partition(".")
+        if group == "encoders":
+            encoder = construct(planned, _context(loaded, name, device))
+            spec = loaded.manifest.model.encoders[name]
+            unsupported = [m for m in spec.modalities if m not in encoder.modalities]
+            if unsupported:
+                raise planned.site.error(f"'{spec.type}' does not take {unsupported}; it takes "
+                                         f"{list(encoder.modalities)}", "modalities")
+            parts[qualified] = encoder
+        elif group == "projectors":
+            upstream = parts[f"encoders.{name}"].output_spec
+            cls: Any = planned.resolved.cls
+            if cls.requires_grid and upstream.grid is None:
+                raise planned.site.error(f"'{planned.spec.type}' needs grid-shaped features, but encoder '{name}' "
+                                         f"reports no grid (for clip: set select_feature = \"patch\" to drop CLS)",
+                                         "type")
+            layout = llm.attention_sites() if issubclass(cls, AdapterProjector) else None
+            parts[qualified] = construct(planned, _context(loaded, name, device, upstream=upstream,
+                                                           llm_hidden_size=llm.hidden_size, llm_layout=layout,
+                                                           tokenizer=llm.tokenizer))
+        elif group == "heads":
+            head = construct(planned, _context(loaded, name, device, llm_hidden_size=llm.hidden_size,
+                                               tokenizer=llm.tokenizer))
+            head.trigger_id = llm.add_special_tokens([head.trigger_token])[0]
+            parts[qualified] = head
+        elif group == "retriever":
+            encoder_name = cast(Any, loaded.manifest.model.retriever).encoder
+            parts[qualified] = construct(planned, _context(loaded, "retriever", device,
+                                                           upstream=parts[f"encoders.{encoder_name}"].output_spec))
+    return parts
 
 
 def _check_budget(loaded: LoadedManifest, model: MultimodalModel) -> int:
@@ -108,82 +125,70 @@ def _check_budget(loaded: LoadedManifest, model: MultimodalModel) -> int:
     return max_length
 
 
-def _check_stages(loaded: LoadedManifest, registry: Registry, assembly: Assembly) -> None:
-    modules = assembly.model.components()
-    targets = assembly.model.llm.lora_target_names()
-    for index, stage in enumerate(loaded.manifest.stages):
-        site = ComponentSite(loaded, ("stages", index))
-        if stage.template not in registry.names("template"):
-            raise unknown_template(site, registry, stage.template)
-        try:
-            assembly.trainable[stage.name] = stage_trainable(loaded.manifest, modules, stage, targets)
-        except MmcoreError as err:
-            raise site.error(str(err)) from None
-        for encoder_name, options in stage.preprocess.items():
-            encoder = assembly.model.encoders[encoder_name] if encoder_name in assembly.model.encoders else None
-            if encoder is None:
-                names = list(assembly.model.encoders)
-                raise site.error(f"preprocess names encoder '{encoder_name}'{did_you_mean(encoder_name, names)}; "
-                                 f"encoders: {choices_text(names)}", "preprocess")
-            try:
-                cast(Encoder, encoder).preprocessing_config(**options)
-            except (MmcoreError, ValueError) as err:
-                first = str(err).splitlines()[0] if isinstance(err, MmcoreError) else _pydantic_line(err)
-                raise site.error(f"preprocess.{encoder_name}: {first}", "preprocess") from None
-
-
-def _pydantic_line(err: ValueError) -> str:
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(err).splitlines()[0]
-
-
 def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | torch.device = "meta",
-                    pm: Any = None) -> Assembly:
-    """Build every component of an already loaded manifest on `device` and run the checks."""
+                    pm: Any = None, require_data: bool = False) -> Assembly:
+    """Check, then build every component of an already loaded manifest on `device`.
+
+    `require_data`: a dataset file missing from this machine is an error (`mmcore assemble -o RUN`), not a note.
+    """
+    plan = _plan(loaded, registry)
+    notes = check_data(loaded, registry, require_data)
     device = torch.device(device)
     if device.type != "meta":
         torch.manual_seed(loaded.manifest.seed)  # random-init components are reproducible
-    parts: dict[str, Any] = {}
-    site = ComponentSite(loaded, ("model", "llm"))
-    parts["llm"] = build_component(site, registry, "llm", loaded.manifest.model.llm,
-                                   _context(loaded, "llm", device))
-    modality_encoder = _build_encoders(loaded, registry, device, parts)
-    _build_projectors(loaded, registry, device, parts)
-    _build_heads(loaded, registry, device, parts)
+    parts = _build(loaded, plan, device)
     retriever = loaded.manifest.model.retriever
     model = MultimodalModel(
-        llm=parts["llm"][0],
-        encoders={q.split(".", 1)[1]: p[0] for q, p in parts.items() if q.startswith("encoders.")},
-        projectors={q.split(".", 1)[1]: p[0] for q, p in parts.items() if q.startswith("projectors.")},
-        modality_encoder=modality_encoder,
-        heads={q.split(".", 1)[1]: p[0] for q, p in parts.items() if q.startswith("heads.")},
-        retriever=parts["retriever"][0] if "retriever" in parts else None,
+        llm=parts["llm"],
+        encoders={q.split(".", 1)[1]: p for q, p in parts.items() if q.startswith("encoders.")},
+        projectors={q.split(".", 1)[1]: p for q, p in parts.items() if q.startswith("projectors.")},
+        modality_encoder={m: n for n, s in loaded.manifest.model.encoders.items() for m in s.modalities},
+        heads={q.split(".", 1)[1]: p for q, p in parts.items() if q.startswith("heads.")},
+        retriever=parts.get("retriever"),
         retriever_encoder=retriever.encoder if retriever else None,
     )
     if pm is not None:
         pm.hook.mmcore_model_assembled(model=model, manifest=loaded.manifest)
-    max_length = _check_budget(loaded, model)
-    assembly = Assembly(loaded, model, {q: p[1] for q, p in parts.items()},
-                        {q: p[0].config for q, p in parts.items()},
-                        {q: count(m) for q, m in model.components().items()}, max_length=max_length,
-                        registry=registry, pm=pm)
-    _check_stages(loaded, registry, assembly)
+    assembly = Assembly(loaded, model, {q: p.resolved for q, p in plan.items()}, {q: p.config for q, p in plan.items()},
+                        {q: count(m) for q, m in model.components().items()}, max_length=_check_budget(loaded, model),
+                        registry=registry, pm=pm, notes=notes)
+    named = [s.template for s in loaded.manifest.stages] + [loaded.manifest.eval.template or ""]
+    for name in dict.fromkeys(n for n in named if n):
+        assembly.template(name)
+    check_stage_modules(loaded, assembly.model)
+    if device.type == "meta":
+        for index, stage in enumerate(loaded.manifest.stages):
+            try:
+                assembly.trainable[stage.name] = stage_counts(model.components(), loaded.manifest, stage)
+            except ManifestError:
+                raise
+            except Exception as err:  # an MmcoreError: name the stage's table
+                raise ComponentSite(loaded, ("stages", index)).error(str(err)) from None
     return assembly
 
 
-def assemble(manifest: str | Path, device: str | torch.device = "meta",
-             registry: Registry | None = None, base_dir: Path | None = None) -> Assembly:
-    """Load, validate and assemble `manifest`. On "meta" no weight is read and no memory is used."""
+def assemble(manifest: str | Path, device: str | torch.device = "meta", registry: Registry | None = None,
+             base_dir: Path | None = None, display: Path | None = None, plugin_files: dict[str, Path] | None = None,
+             providers: set[tuple[str, str]] | None = None, require_data: bool = False) -> Assembly:
+    """Load, validate and assemble `manifest`. On "meta" no weight is read and no memory is used.
+
+    A run's own `RUN/manifest.toml` resolves paths against the folder it was first assembled from.
+    `providers`: (type, distribution) pairs a lock remembers, so a missing plugin names what to install.
+    """
+    from mmcore.run import Run
+
+    path = Path(manifest)
+    owner = Run.owning(path) if base_dir is None else None
+    if owner is not None:
+        base_dir = owner.lock.base_dir
+        copies = {e["name"]: owner.root / e["copy"] for e in owner.lock.plugin_files}
+        plugin_files = {n: p for n, p in copies.items() if not (base_dir / n).is_file()}
     strict = os.environ.get("MMCORE_STRICT_PLUGINS") == "1"
     pm = new_plugin_manager(strict=strict)
-    registry = registry or Registry(strict=strict)
+    registry = registry or Registry(strict=strict, providers=providers)
     if strict:
         registry.load_all()
     pm.hook.mmcore_register_components.call_historic(kwargs={"register": registry.register})
-    loaded = load_manifest(manifest, pm=pm)
-    if base_dir is not None:
-        loaded.base_dir = base_dir
-    return assemble_loaded(loaded, registry, device, pm)
+    loaded = load_manifest(path, pm=pm, base_dir=base_dir, display=display, plugin_files=plugin_files)
+    return assemble_loaded(loaded, registry, device, pm, require_data)
+

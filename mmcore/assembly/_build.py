@@ -1,19 +1,23 @@
-"""Resolving and building components: config validation with one-line errors, dimension wiring."""
+"""Resolving components and validating their options (no module built), then constructing them.
+
+Every error is a `ManifestError` of one line naming the user's manifest, the line, the table and the key.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from mmcore.errors import ManifestError, MmcoreError, choices_text, did_you_mean
+from mmcore.errors import ManifestError, MmcoreError, PluginError, choices_text, did_you_mean
 from mmcore.kinds import BuildContext, ComponentConfig
 from mmcore.manifest import ComponentSpec, LoadedManifest
 from mmcore.manifest._locate import line_of
 from mmcore.registry import Registry, Resolved
 
-__all__ = ["ComponentSite", "build_component", "validate_options"]
+__all__ = ["ComponentSite", "Planned", "build_component", "construct", "plan_component", "validate_options"]
 
 
 class ComponentSite:
@@ -24,9 +28,9 @@ class ComponentSite:
         self.table = table
 
     def where(self, key: str | None = None) -> str:
-        loc = (*self.table, key) if key else self.table
+        loc = (*self.table, *(key.split(".") if key else ()))
         line = line_of(self.loaded.text, loc)
-        place = f"{self.loaded.path}:{line}" if line else str(self.loaded.path)
+        place = f"{self.loaded.display}:{line}" if line else str(self.loaded.display)
         if len(self.table) == 2 and isinstance(self.table[1], int):  # an array of tables: [[stages]] #2
             table = f"[[{self.table[0]}]] #{self.table[1] + 1}"
         else:
@@ -35,6 +39,16 @@ class ComponentSite:
 
     def error(self, message: str, key: str | None = None) -> ManifestError:
         return ManifestError(f"{self.where(key)} {message}")
+
+
+@dataclass
+class Planned:
+    """A component whose class is resolved and whose options are validated; nothing built yet."""
+
+    site: ComponentSite
+    spec: ComponentSpec
+    resolved: Resolved
+    config: ComponentConfig
 
 
 def validate_options(site: ComponentSite, cls: Any, options: dict[str, Any]) -> ComponentConfig:
@@ -47,39 +61,50 @@ def validate_options(site: ComponentSite, cls: Any, options: dict[str, Any]) -> 
         loc = [str(p) for p in first["loc"]]
         key = loc[0] if loc else None
         fields = list(config_cls.model_fields)
+        message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden" and key:
             problem = (f"unknown key for {cls.__name__}{did_you_mean(key, fields)}; "
                        f"valid keys: {choices_text([*fields, 'type'])}")
         elif first["type"] == "missing":
             problem = "is required but missing; add it"
+        elif message.startswith("config.") or message.startswith("config:"):  # a transformers config table
+            key, _, problem = message.partition(": ")
         else:
             got = first.get("input")
             shown = "" if isinstance(got, dict) or not loc else f" (got {got!r})"
-            problem = first["msg"].removeprefix("Value error, ") + shown
+            problem = message + shown
         raise site.error(problem, key) from None
 
 
-def build_component(site: ComponentSite, registry: Registry, kind: str, spec: ComponentSpec,
-                    ctx: BuildContext) -> tuple[Any, Resolved]:
-    """Resolve `spec.type`, validate its options, construct it in `ctx` (meta or real)."""
-    from mmcore.errors import PluginError
-
+def plan_component(site: ComponentSite, registry: Registry, kind: str, spec: ComponentSpec) -> Planned:
+    """Resolve `spec.type` and validate its options — the whole check, with no module built."""
     try:
         resolved = registry.resolve(kind, spec.type, where=site.where("type"))
     except PluginError as err:
         raise ManifestError(str(err)) from None
-    config = validate_options(site, resolved.cls, spec.options())
+    return Planned(site, spec, resolved, validate_options(site, resolved.cls, spec.options()))
+
+
+def construct(planned: Planned, ctx: BuildContext) -> Any:
+    """Build a planned component in `ctx` (meta or real) and load its `weights = FILE`."""
     try:
-        component = resolved.cls(config, ctx)
-        if spec.weights is not None:
+        component = planned.resolved.cls(planned.config, ctx)
+        if planned.spec.weights is not None:
             if not hasattr(component, "adapt_state_dict"):
-                raise MmcoreError(f"weights: '{spec.type}' has no weights to load; remove the key")
-            _load_weights(component, ctx.path(spec.weights), ctx.on_meta)
-        return component, resolved
+                raise MmcoreError(f"weights: '{planned.spec.type}' has no weights to load; remove the key")
+            _load_weights(component, ctx.path(planned.spec.weights), ctx.on_meta)
+        return component
     except ManifestError:
         raise
     except MmcoreError as err:
-        raise site.error(str(err)) from None
+        raise planned.site.error(str(err)) from None
+
+
+def build_component(site: ComponentSite, registry: Registry, kind: str, spec: ComponentSpec,
+                    ctx: BuildContext) -> tuple[Any, Resolved]:
+    """`plan_component` then `construct`: for components built on their own (datasets at train time)."""
+    planned = plan_component(site, registry, kind, spec)
+    return construct(planned, ctx), planned.resolved
 
 
 def _load_weights(component: Any, path: Path, on_meta: bool) -> None:
@@ -90,9 +115,3 @@ def _load_weights(component: Any, path: Path, on_meta: bool) -> None:
         raise MmcoreError(f"weights {path}: no such file; fix the path")
     if not on_meta:
         load_into(component, component.adapt_state_dict(read_state_file(path)), str(path))
-
-
-def unknown_template(site: ComponentSite, registry: Registry, name: str) -> ManifestError:
-    names = registry.names("template")
-    return site.error(f"unknown template '{name}'{did_you_mean(name, names)}; templates: {choices_text(names)}",
-                      "template")

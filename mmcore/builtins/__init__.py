@@ -1,3 +1,3 @@
 """Components shipped with the core, registered through the same entry points as any plugin."""
 
-MMCORE_API = 1
+MMCORE_API = 2

@@ -23,8 +23,9 @@ def byte_level_tokenizer() -> Any:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    tokenizer = PreTrainedTokenizerFast(  # adds BOS by itself, as Llama's tokenizers do
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        add_bos_token=True,
     )
     tokenizer.add_special_tokens({"additional_special_tokens": []})
     return tokenizer

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmcore.errors import MmcoreError
 from mmcore.kinds import LLM, AttentionSite, BuildContext, ComponentConfig, LMOutput
-from mmcore.sources import resolve_source
+from mmcore.sources import check_config_table, config_class, resolve_source
 
 __all__ = ["HFCausalLM", "HFCausalLMConfig"]
 
@@ -29,6 +29,9 @@ class HFCausalLMConfig(ComponentConfig):
         if self.config is not None and self.tokenizer is None:
             raise ValueError("a `config` table has no tokenizer files: set tokenizer = \"byte-level\" "
                              "or a tokenizer directory")
+        if self.config is not None:  # checked against the transformers class, before any module is built
+            options = dict(self.config)
+            check_config_table(config_class(str(options.pop("model_type", "llama"))), options)
         return self
 
 
@@ -38,8 +41,7 @@ def _hf_config(cfg: HFCausalLMConfig, ctx: BuildContext) -> tuple[Any, Any]:
 
     if cfg.config is not None:
         options = dict(cfg.config)
-        model_type = options.pop("model_type", "llama")
-        return AutoConfig.for_model(model_type, **options), None
+        return check_config_table(config_class(str(options.pop("model_type", "llama"))), options), None
     source = resolve_source(str(cfg.source), ctx.base_dir)
     options = dict(source.config)
     return AutoConfig.for_model(options.pop("model_type", "llama"), **options), source

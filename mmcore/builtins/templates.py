@@ -1,48 +1,69 @@
-"""Chat templates reproduced from LLaVA's `conversation.py` (upstream-systems.md §1.5, §1.6)."""
+"""The upstream systems' prompt formats, rendered and split into tokenizer calls exactly as their code does.
+
+* `plain`, `vicuna_v1`: LLaVA `llava/conversation.py` + `llava/train/train.py` (`preprocess_multimodal`,
+  `preprocess_plain`, `preprocess_v1`) + `llava/mm_utils.py::tokenizer_image_token` (upstream-systems.md
+  §1.5, §1.6).
+* `llama2`: MiniGPT-v2 `minigpt4/models/minigpt_base.py` (`prompt_wrap`, `tokenize_conversation`,
+  `forward`, `get_context_emb`), its datasets' instruction strings and `CONV_VISION_minigptv2` (§3.1, §3.2).
+* `honeybee`, `honeybee-coarse`: Honeybee `pipeline/data_utils/templates/templatizer.py::templatize`,
+  `templates/dev.py` and `honeybee/tokenization_honeybee.py::encode_prompt` (§2.3, §2.4).
+
+Upstream quirks that change tokens are reproduced on purpose and marked "Quirk".
+"""
 
 from __future__ import annotations
 
 import re
 from typing import ClassVar
 
-from mmcore.kinds import Segment, Template, Turn
+from mmcore.kinds import Piece, Template, Turn, split_media
 
 __all__ = ["HoneybeeCoarseTemplate", "HoneybeeTemplate", "Llama2Template", "PlainTemplate", "VicunaV1Template"]
 
+IMAGE = "<image>"
+
+
+def _media_only(text: str) -> str:
+    return split_media(text)[0]
+
 
 class PlainTemplate(Template):
-    """LLaVA `conv_llava_plain` (pretraining): `<image>` + caption + "\\n"; only the caption is learned.
+    """LLaVA `conv_llava_plain` (pretraining): "<image>" + caption + "\\n"; caption and newline are learned.
 
-    LLaVA `preprocess_plain` replaces the user turn by the bare placeholder; here the user turn's
-    placeholders are kept and its other text dropped, so the rendering is the same.
+    `preprocess_plain` replaces the user turn by the bare placeholder (here: the turn's placeholders) and
+    tokenises the whole string with `tokenizer_image_token`, so the caption is one call after the image.
+    LLaVA has no inference prompt for `plain`; generation renders what pretraining saw, the image alone.
     """
 
-    separator: ClassVar[str] = "\n"
+    separator: ClassVar[str] = "\n"  # conv_llava_plain sep
 
-    def _media_only(self, text: str) -> str:
-        return "".join(re.findall(r"<[a-z_]+>", text))
+    def render(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        media = "".join(_media_only(t.text) for t in conversation if t.role == "user")
+        reply = next((t.text for t in conversation if t.role == "assistant"), "")
+        text = media + reply + self.separator
+        return [Piece(text, learn=((len(media), len(text)),), special_tokens=True)]
 
-    def render(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        segments = []
-        for turn in conversation:
-            if turn.role == "user":
-                segments.append(Segment(self._media_only(turn.text)))
-            elif turn.role == "assistant":
-                segments.append(Segment(turn.text + self.separator, supervised=True))
-        return segments
-
-    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        return [Segment(self._media_only(t.text)) for t in conversation if t.role == "user"]
+    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        return [Piece("".join(_media_only(t.text) for t in conversation if t.role == "user"), special_tokens=True)]
 
     def stop_strings(self) -> list[str]:
         return [self.separator]
 
 
-class VicunaV1Template(Template):
-    """LLaVA `conv_vicuna_v1` (SeparatorStyle.TWO, sep " ", sep2 "</s>").
+def llava_multimodal(text: str) -> str:
+    """LLaVA `preprocess_multimodal`: a turn's image placeholder moves to the front as "<image>\\n" + text,
+    and the result is stripped (a turn that is only "<image>" stays "<image>"). Turns with several
+    placeholders (which LLaVA would merge into one) are left as they are."""
+    if text.count(IMAGE) != 1:
+        return text
+    return (IMAGE + "\n" + text.replace(IMAGE, "").strip()).strip()
 
-    Rendered: "{system} USER: {q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT: {a2}</s>"; the learned
-    tokens are " {a}</s>" of every assistant turn (LLaVA `preprocess_v1` masks up to "ASSISTANT:").
+
+class VicunaV1Template(Template):
+    """LLaVA `conv_vicuna_v1` (SeparatorStyle.TWO, sep " ", sep2 "</s>"), one `tokenizer_image_token` call.
+
+    "{system} USER: {q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT: {a2}</s>"; learned: " {a}</s>" of every
+    reply — `preprocess_v1` masks each round up to and including "ASSISTANT:".
     """
 
     system: ClassVar[str] = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -52,27 +73,34 @@ class VicunaV1Template(Template):
     sep: ClassVar[str] = " "
     sep2: ClassVar[str] = "</s>"
 
-    def _system(self, conversation: list[Turn]) -> str:
+    def _head(self, conversation: list[Turn]) -> str:
         given = [t.text for t in conversation if t.role == "system"]
-        return given[0] if given else self.system
+        return (given[0] if given else self.system) + self.sep
 
-    def render(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        segments = [Segment(self._system(conversation) + self.sep)]
+    def render(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        text, spans = self._head(conversation), []
         for turn in conversation:
             if turn.role == "user":
-                segments.append(Segment(f"{self.roles[0]}: {turn.text}{self.sep}{self.roles[1]}:"))
+                text += f"{self.roles[0]}: {llava_multimodal(turn.text)}{self.sep}"
             elif turn.role == "assistant":
-                segments.append(Segment(f" {turn.text}{self.sep2}", supervised=True))
-        return segments
+                text += f"{self.roles[1]}:"
+                start = len(text)
+                text += f" {turn.text}{self.sep2}"
+                spans.append((start, len(text)))
+        return [Piece(text, learn=tuple(spans), special_tokens=True)]
+
+    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        """LLaVA eval (`model_vqa_loader.py`): the conversation, then "ASSISTANT:" with no reply."""
+        text = self._head(conversation)
+        for turn in conversation:
+            if turn.role == "user":
+                text += f"{self.roles[0]}: {llava_multimodal(turn.text)}{self.sep}"
+            elif turn.role == "assistant":
+                text += f"{self.roles[1]}: {turn.text}{self.sep2}"
+        return [Piece(text + f"{self.roles[1]}:", special_tokens=True)]
 
     def stop_strings(self) -> list[str]:
         return [self.sep2]
-
-
-def _split_media(text: str) -> tuple[str, str]:
-    """("<image>…" placeholders, the rest of the text stripped) of a user turn."""
-    media = "".join(re.findall(r"<[a-z_]+>", text))
-    return media, re.sub(r"<[a-z_]+>", "", text).strip()
 
 
 # MiniGPT-v2 task identifiers (upstream-systems.md §3.2), keyed by our task names' first part.
@@ -81,91 +109,162 @@ MINIGPT_TASK_TAGS = {"vqa": "[vqa]", "caption": "[caption]", "refer": "[refer]",
 
 
 class Llama2Template(Template):
-    """MiniGPT-v2's LLaMA-2 chat format (`chat_template=True`, `end_sym="</s>"`).
+    """MiniGPT-v2's LLaMA-2 chat format: finetune config (`chat_template: True`, `end_sym: "</s>"`).
 
-    First turn: "[INST] <Img><image></Img> [task] {q}  [/INST]" (the instruction is
-    "<Img><ImageHere></Img> {q} " wrapped in "[INST] {} [/INST]"); later questions are
-    "<s>[INST] {q} [/INST]" and masked; every answer "{a}</s>" is learned. The task tag comes from
-    the sample's task ("vqa/colour" → "[vqa]"); tasks without a tag (LLaVA data) get none.
+    Training (`preparing_embedding` + `forward`): BOS by id; the first question
+    "[INST] <Img><image></Img> [task] {q}  [/INST]" (the dataset's "<Img><ImageHere></Img> {} " inside
+    `prompt_template` "[INST] {} [/INST]", so two spaces; `multitask_conversation.py` removes the first
+    question's newlines); each answer "{a}</s>" tokenised on its own and learned; each later question
+    "<s>[INST] {q}  [/INST]" tokenised on its own (`tokenize_conversation`) and masked. Text-only samples:
+    "[INST] {q} [/INST]". The task tag comes from the sample's task ("vqa/colour" → "[vqa]").
+
+    Inference (`CONV_VISION_minigptv2` + `eval_scripts/eval_ref.py::prepare_texts` +
+    `get_context_emb`): "<s>[INST] <Img><image></Img> {q} [/INST]", the first call with special tokens.
+    Quirk: that call adds BOS and also reads the literal "<s>" as BOS, so the prompt starts with two.
     """
 
-    def _question(self, text: str, first: bool, task: str | None) -> str:
-        media, rest = _split_media(text)
-        tag = MINIGPT_TASK_TAGS.get((task or "").split("/")[0])
-        rest = f"{tag} {rest}" if tag and first else rest
-        if first and media:
-            return f"[INST] <Img>{media}</Img> {rest}  [/INST]"
-        return f"[INST] {media}{rest} [/INST]" if first else f"{self.bos}[INST] {rest} [/INST]"
+    prompt_template: ClassVar[str] = "[INST] {} [/INST]"
 
-    def render(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        segments: list[Segment] = []
-        first = True
+    def _tag(self, task: str | None) -> str:
+        tag = MINIGPT_TASK_TAGS.get((task or "").split("/")[0])
+        return f"{tag} " if tag else ""
+
+    def _first(self, text: str, task: str | None) -> str:
+        media, question = split_media(text)
+        question = self._tag(task) + question.replace("\n", "")
+        if not media:
+            return self.prompt_template.format(question)
+        return self.prompt_template.format(f"<Img>{media}</Img> {question} ")
+
+    def render(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        pieces, first = [Piece.bos()], True
         for turn in conversation:
             if turn.role == "user":
-                segments.append(Segment(self._question(turn.text, first, task)))
+                text = self._first(turn.text, task) if first else self.bos_text + self.prompt_template.format(
+                    turn.text + " ")  # Quirk: multitask_conversation.py appends " " → two spaces
+                pieces.append(Piece(text))
                 first = False
             elif turn.role == "assistant":
-                segments.append(Segment(f"{turn.text}{self.eos}", supervised=True))
-        return segments
+                pieces.append(Piece(turn.text + self.eos_text, learn=True))
+        return pieces
+
+    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        roles = (f"{self.bos_text}[INST] ", " [/INST]")  # CONV_VISION_minigptv2 roles, sep ""
+        text, first = "", True
+        for turn in conversation:
+            if turn.role == "user":
+                media, question = split_media(turn.text)
+                question = self._tag(task) + question if first else question
+                message = f"<Img>{media}</Img> {question}" if media else question
+                text += roles[0] + message
+                first = False
+            elif turn.role == "assistant":
+                text += roles[1] + turn.text.strip()
+        return [Piece(text + roles[1], special_tokens=True)]
+
+    def answer(self, generated: str) -> str:
+        """`minigpt_base.generate`: cut at "</s>", drop "<s>", keep what follows the last "[/INST]"."""
+        return generated.split(self.eos_text)[0].replace(self.bos_text, "").split("[/INST]")[-1].strip()
 
 
-# Honeybee instructs existing datasets with (instruction, input, target) triples (pipeline/data_utils/templates,
-# upstream-systems.md §2.4); the instruction joins the system line, input and target fill a Human/AI turn.
-# Coarse-grained: one triple per task family, shared across datasets — Honeybee's own strings.
+# Honeybee `pipeline/data_utils/constants.py` and `templates/dev.py` (pattern_dict "honeybee_default").
+HONEYBEE_SYSTEM = "The following is a conversation between a curious human and AI assistant."
+HONEYBEE_SYSTEM_DETAIL = "The assistant gives helpful, detailed, and polite answers to the user's questions."
+HUMAN, AI = "\nHuman: ", "\nAI: "  # tokenization_honeybee._HUMAN / _AI: chunk boundaries, never learned
+NO_PROMPT = "[NO_PROMPT]"
+# Coarse-grained: one (instruction, input, target) triple per task family, Honeybee's own strings.
 HONEYBEE_COARSE: dict[str, tuple[str, str, str]] = {
-    "vqa": ("Answer the question using a single word or phrase.", "{question}", "{answer}"),
-    "vqa-o": ("Answer with the option's letter from the given choices directly.", "{question}", "{answer}"),
-    "refer": ("Provide the bounding box coordinate of the region this sentence describes.", "{question}", "{answer}"),
-    "caption": ("", "{question}", "{answer}"),
+    "vqa": ("", "Answer the question using a single word or phrase. {question}", "{answer}"),
+    "refer": ("", "Provide the bounding box coordinate of the region this sentence describes. {question}",
+              "{answer}"),  # Honeybee "loc" / "refcoco": the phrase is our question
+    "caption": (NO_PROMPT, "", "{answer}"),  # Honeybee "captioning": <bos> <image> caption <eos>
 }
-# Fine-grained: one triple per dataset (keyed by the full task), Honeybee's final recipe (its Table 5c: fine
-# beats coarse when datasets share inputs but differ in answers, e.g. RefCOCO vs RefCOCO+). These are the
-# synthetic-shapes datasets' own; a task without an entry falls back to its family's coarse triple.
+# Fine-grained: one triple per dataset (Honeybee's final recipe, its Table 5c: fine beats coarse when datasets
+# share inputs but differ in answers). These are the synthetic-shapes tasks' own, in Honeybee's shape; a task
+# without an entry falls back to its family's coarse triple.
 HONEYBEE_FINE: dict[str, tuple[str, str, str]] = {
-    "vqa/colour": ("Answer the question about an object's colour with a single colour word.", "{question}",
+    "vqa/colour": ("", "Answer the question about an object's colour with a single colour word. {question}",
                    "{answer}"),
-    "vqa/shape": ("Answer the question about an object's shape with a single shape word.", "{question}", "{answer}"),
-    "vqa/count": ("Answer the counting question with a single number.", "{question}", "{answer}"),
-    "vqa/spatial": ("Answer the question about where objects lie with a single word.", "{question}", "{answer}"),
-    "refer": ("Provide the bounding box coordinate of the region this sentence describes.", "{question}",
-              "{answer}"),
-    "caption": ("Describe the image in one short sentence.", "{question}", "{answer}"),
+    "vqa/shape": ("", "Answer the question about an object's shape with a single shape word. {question}",
+                  "{answer}"),
+    "vqa/count": ("", "Answer the counting question with a single number. {question}", "{answer}"),
+    "vqa/spatial": ("", "Answer the question about where objects lie with a single word. {question}", "{answer}"),
 }
 
 
 class HoneybeeTemplate(Template):
-    """Honeybee's `Human:`/`AI:` format (tokenization_honeybee.encode_prompt) with fine-grained
-    (per-dataset) instruction triples.
+    """Honeybee's `Human:`/`AI:` format with fine-grained (per-dataset) instruction triples.
 
-    "The following is a conversation between a curious human and AI assistant. {inst}\nHuman: <image>
-    \nHuman: {input}\nAI: {target}[\nHuman: …\nAI: …]" — the text after "\nAI: " is learned, with EOS
-    appended; everything else, "\nAI: " included, is masked. Packed multi-turn samples render one
-    Human/AI pair per turn under one instruction.
+    Task data (`templatize`): "{system} {instruction}\\nHuman: <image>\\nHuman: {input}\\nAI: {target}
+    [\\nHuman: {input2}\\nAI: {target2}]" — one pair per packed turn. Conversations without a task (LLaVA
+    data, `llava_dataset.load_data`): the detailed system message, each turn after its role pattern, an
+    image at a turn's start as "<image>\\nHuman: ". `encode_prompt` splits the text at "<image>", "\\nHuman: "
+    and "\\nAI: ", tokenises each chunk on its own, learns the chunk after "\\nAI: " and appends EOS (learned)
+    to it; BOS first, by id. Captioning ("[NO_PROMPT]"): <bos> <image> caption <eos>.
     """
 
-    system: ClassVar[str] = "The following is a conversation between a curious human and AI assistant."
     granularity: ClassVar[str] = "fine"
 
-    def pattern(self, task: str | None) -> tuple[str, str, str]:
-        """The (instruction, input, target) triple for `task`."""
-        family = (task or "").split("/")[0]
+    def pattern(self, task: str | None) -> tuple[str, str, str] | None:
+        """The (instruction, input, target) triple for `task`; None for conversations without a task."""
+        if task is None:
+            return None
         if self.granularity == "fine" and task in HONEYBEE_FINE:
             return HONEYBEE_FINE[task]
-        return HONEYBEE_COARSE.get(family, ("", "{question}", "{answer}"))
+        return HONEYBEE_COARSE.get(task.split("/")[0], ("", "{question}", "{answer}"))
 
-    def render(self, conversation: list[Turn], task: str | None = None) -> list[Segment]:
-        instruction, input_pattern, target_pattern = self.pattern(task)
-        given = [t.text for t in conversation if t.role == "system"]
-        system = given[0] if given else self.system
-        segments = [Segment(f"{system} {instruction}" if instruction else system)]
-        for turn in conversation:
+    def _text(self, conversation: list[Turn], task: str | None, prompt_only: bool) -> str:
+        turns = [t for t in conversation if t.role != "system"]
+        pattern = self.pattern(task)
+        if pattern is None:
+            given = [t.text for t in conversation if t.role == "system"]
+            text = given[0] if given else f"{HONEYBEE_SYSTEM} {HONEYBEE_SYSTEM_DETAIL}"
+            for turn in turns:
+                text += HUMAN + _llava_honeybee(turn.text) if turn.role == "user" else AI + turn.text
+            return text + (AI if prompt_only else "")
+        instruction, input_pattern, target_pattern = pattern
+        media = "".join(_media_only(t.text) for t in turns if t.role == "user")
+        if instruction == NO_PROMPT:
+            reply = "" if prompt_only else next((t.text for t in turns if t.role == "assistant"), "")
+            return f"{NO_PROMPT} {media} {target_pattern.replace('{answer}', reply)}"
+        text = " ".join(p for p in (HONEYBEE_SYSTEM, instruction) if p)
+        if media:
+            text += HUMAN + media
+        for turn in turns:
             if turn.role == "user":
-                media, rest = _split_media(turn.text)
-                text = (f"\nHuman: {media}" if media else "") + f"\nHuman: {input_pattern.replace('{question}', rest)}"
-                segments.append(Segment(text + "\nAI: "))
-            elif turn.role == "assistant":
-                segments.append(Segment(f"{target_pattern.replace('{answer}', turn.text)}{self.eos}", supervised=True))
-        return segments
+                text += HUMAN + input_pattern.replace("{question}", split_media(turn.text)[1])
+            else:
+                text += AI + target_pattern.replace("{answer}", turn.text)
+        return text + (AI if prompt_only else "")
+
+    def _pieces(self, text: str, prompt_only: bool) -> list[Piece]:
+        pieces = [Piece.bos()]
+        if text.startswith(f"{NO_PROMPT} "):  # encode_prompt's special case
+            media, _, caption = text[len(NO_PROMPT) + 1 :].partition(" ")
+            pieces.append(Piece(media))
+            return pieces if prompt_only else [*pieces, Piece(caption, learn=True), Piece.eos(learn=True)]
+        chunks = [c for c in re.split(f"({re.escape(HUMAN)}|{re.escape(AI)})", text) if c]
+        for index, chunk in enumerate(chunks):
+            answer = index > 0 and chunks[index - 1] == AI and chunk not in (HUMAN, AI)
+            pieces.append(Piece(chunk, learn=answer))
+            if answer:
+                pieces.append(Piece.eos(learn=True))
+        return pieces
+
+    def render(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        return self._pieces(self._text(conversation, task, prompt_only=False), prompt_only=False)
+
+    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        """HoneybeeProcessor: the prompt ends with "\\nAI: " and gets no EOS (`no_eos=True`)."""
+        return self._pieces(self._text(conversation, task, prompt_only=True), prompt_only=True)
+
+
+def _llava_honeybee(text: str) -> str:
+    """`llava_dataset.load_data`: the turn is chunked at "<image>\\n" / "\\n<image>"; such a chunk becomes
+    "<image>\\nHuman: " when it is the first chunk, else "\\nHuman: <image>"."""
+    chunks = [c for c in re.split("(<image>\n|\n<image>)", text) if c]
+    return "".join((IMAGE + HUMAN if i == 0 else HUMAN + IMAGE) if c in ("<image>\n", "\n<image>") else c
+                   for i, c in enumerate(chunks))
 
 
 class HoneybeeCoarseTemplate(HoneybeeTemplate):

@@ -1,4 +1,4 @@
-"""The `mmcore` command line (argparse; torch is imported only inside commands that need it)."""
+"""The `mmcore` command line (click; torch is imported only inside the commands that need it)."""
 
 from mmcore.cli._main import main
 

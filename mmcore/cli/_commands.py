@@ -1,32 +1,58 @@
-"""The built-in commands: plugins, assemble, generate, plugin new."""
+"""The built-in commands. This module imports click alone; each command imports what it needs when run."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import click
+
+from mmcore.cli._main import LazyGroup
 from mmcore.errors import MmcoreError
 
-DEFAULT_MANIFEST = "examples/tiny.toml"
+__all__ = ["cli"]
+
+POSITIVE = click.IntRange(min=1)
 
 
-def add_plugins(sub: Any) -> None:
-    p = sub.add_parser("plugins", help="list installed components and whether they import")
-    p.add_argument("--no-check", action="store_true", help="metadata only; do not check imports")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run_plugins)
+def _default_manifest() -> Path:
+    """The embedded default manifest shipped inside the package (examples/tiny.toml links to it)."""
+    from importlib import resources
+
+    return Path(str(resources.files("mmcore") / "defaults" / "tiny.toml"))
 
 
-def run_plugins(args: argparse.Namespace) -> int:
+def _version(ctx: click.Context, _: Any, value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        click.echo(f"mmcore {version('mmcore')}")
+        ctx.exit(0)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Add --debug anywhere to see the traceback of an error. Plugins add commands through the "
+                    "`mmcore.commands` entry-point group or the `mmcore_add_commands` hook.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Print the version and exit.")
+@click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks for errors.")
+def cli() -> None:
+    """Build, train and run multimodal LLMs from manifests."""
+
+
+@cli.command()
+@click.option("--no-check", is_flag=True, help="Metadata only; do not check that plugins import.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(no_check: bool, as_json: bool) -> None:
+    """List installed components and whether they import."""
     from mmcore.registry import discover_entries, plugin_filter
     from mmcore.registry._status import check_entries
 
     entries = discover_entries()
     enabled = [e for e in entries if plugin_filter(e.distribution) is None]
-    verdicts = check_entries(enabled, refresh=not args.no_check)
+    verdicts = check_entries(enabled, refresh=not no_check)
     seen: dict[tuple[str, str], list[str]] = {}
     for e in enabled:
         seen.setdefault((e.kind, e.name), []).append(e.distribution)
@@ -44,228 +70,209 @@ def run_plugins(args: argparse.Namespace) -> int:
             reason = "" if verdict in (None, "OK") else str(verdict)
         rows.append({"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version,
                      "status": status, "reason": reason})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
     headers = ["name", "kind", "distribution", "version", "status", "reason"]
-    widths = [max(len(str(r[h])) for r in [dict(zip(headers, headers, strict=True)), *rows]) for h in headers]
-    for row in [dict(zip(headers, headers, strict=True)), *rows]:
-        print("  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    return 0
+    table = [dict(zip(headers, headers, strict=True)), *rows]
+    widths = [max(len(str(r[h])) for r in table) for h in headers]
+    for row in table:
+        click.echo("  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
 
 
-def add_assemble(sub: Any) -> None:
-    p = sub.add_parser("assemble", help="validate a manifest, build it on the meta device, write RUN")
-    p.add_argument("manifest", nargs="?", default=None, help=f"the manifest (default: {DEFAULT_MANIFEST})")
-    p.add_argument("-o", "--output", default=None, help="run directory to write (default: runs/<name>)")
-    p.add_argument("--dry-run", action="store_true", help="check and print the summary; write nothing")
-    p.set_defaults(func=run_assemble)
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Run directory to write (default: runs/NAME).")
+@click.option("--dry-run", is_flag=True, help="Check and print the summary; write nothing.")
+@click.option("--force", is_flag=True, help="Assemble over a run that has trained (its checkpoints are kept).")
+def assemble(manifest: Path | None, output: Path | None, dry_run: bool, force: bool) -> None:
+    """Validate MANIFEST, build it on the meta device, write the run.
 
-
-def _default_manifest() -> Path:
-    """examples/tiny.toml when run from a checkout, else the copy shipped inside the package."""
-    path = Path(DEFAULT_MANIFEST)
-    if path.exists():
-        return path
-    from importlib import resources
-
-    shipped = Path(str(resources.files("mmcore") / "defaults" / "tiny.toml"))
-    if not shipped.exists():
-        raise MmcoreError(f"no manifest given and {DEFAULT_MANIFEST} is not here; pass a manifest path")
-    return shipped
-
-
-def run_assemble(args: argparse.Namespace) -> int:
+    MANIFEST defaults to the embedded default, mmcore/defaults/tiny.toml (the same file as examples/tiny.toml).
+    """
     import time
 
-    from mmcore.assembly import assemble, summary_table, write_lock
+    from mmcore.assembly import assemble as assemble_manifest
+    from mmcore.assembly import summary_table
+    from mmcore.run import Run
 
-    manifest = Path(args.manifest) if args.manifest else _default_manifest()
-    output = Path(args.output) if args.output else Path("runs") / manifest.stem
-    if not args.dry_run and output.exists() and not output.is_dir():
+    manifest = manifest or _default_manifest()
+    output = output or Path("runs") / manifest.stem
+    if not dry_run and output.exists() and not output.is_dir():
         raise MmcoreError(f"-o {output}: exists and is not a directory; choose another run directory")
     start = time.perf_counter()
-    assembly = assemble(manifest)
-    print(summary_table(assembly))
-    print(f"\nassembled {manifest} on the meta device in {time.perf_counter() - start:.1f}s")
-    if args.dry_run:
-        print("dry run: nothing written")
-        return 0
-    lock = write_lock(assembly, output)
-    print(f"wrote {lock}")
-    return 0
+    assembly = assemble_manifest(manifest, require_data=not dry_run)
+    click.echo(summary_table(assembly))
+    click.echo(f"\nassembled {manifest} on the meta device in {time.perf_counter() - start:.1f}s")
+    for note in assembly.notes:
+        click.echo(f"note: {note}")
+    if assembly.loaded.plugin_files:
+        files = ", ".join(str(path) for _, path in assembly.loaded.plugin_files)
+        click.echo(f"local plugin files (copied into the run; they run whenever it is used): {files}")
+    if dry_run:
+        click.echo("dry run: nothing written")
+        return
+    run = Run.create(output, assembly, force=force)
+    click.echo(f"wrote {run.lock_path}")
 
 
-def add_train(sub: Any) -> None:
-    p = sub.add_parser("train", help="run the manifest's stages (resumes from the last checkpoint)")
-    p.add_argument("run", help="run directory written by `mmcore assemble`")
-    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torchrun; gloo on CPU)")
-    p.set_defaults(func=run_train)
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--nproc", type=POSITIVE, default=1, show_default=True,
+              help="Data-parallel processes on this machine (torchrun; gloo on CPU).")
+def train(run: Path, nproc: int) -> int:
+    """Train RUN's stages (resumes after any interruption).
 
-
-def run_train(args: argparse.Namespace) -> int:
+    Resumes from the last checkpoint; a finished run given more steps (re-assembled with --force) continues.
+    """
     import os
 
-    run = Path(args.run)
-    if not (run / "assembly.lock").exists():
-        raise MmcoreError(f"{run}: no assembly.lock; run `mmcore assemble MANIFEST -o {run}` first")
-    if args.nproc < 1:
-        raise MmcoreError(f"--nproc {args.nproc}: must be at least 1")
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    from mmcore.run import Run
+
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
         from mmcore.train._launch import launch
 
-        return launch(run, args.nproc)
-    from mmcore.train import train
+        opened = Run.open(run)
+        with opened.training():
+            return launch(run, nproc)
+    from mmcore.train import train as train_run
 
-    train(run)
+    train_run(run)
     return 0
 
 
-def add_eval(sub: Any) -> None:
-    p = sub.add_parser("eval", help="evaluate a run: VQA accuracy, caption F1, referring Prec@0.5")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--data", action="append", default=None,
-                   help="a [data.datasets] name of the run, or a LLaVA .json/.jsonl file (repeatable); "
-                        "default: the manifest's [eval] datasets")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None, help="at most this many samples per dataset")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--template", default=None)
-    p.add_argument("--box-codec", default=None, help="honeybee or minigpt (how boxes are written)")
-    p.add_argument("--answer-format", choices=["none", "short", "choice"], default=None,
-                   help="LLaVA's line after the question: short = 'Answer the question using a single word or "
-                        "phrase.', choice = 'Answer with the option's letter from the given choices directly.'")
-    p.set_defaults(func=run_eval)
+@cli.command(name="eval")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", multiple=True, help="A [data.datasets] name of the run, or a LLaVA .json/.jsonl file "
+              "(repeatable); default: the manifest's [eval] datasets.")
+@click.option("--image-folder", type=click.Path(path_type=Path), help="Images of a --data FILE (default: its folder).")
+@click.option("--batch-size", type=POSITIVE)
+@click.option("--limit", type=POSITIVE, help="At most this many samples per dataset (written beside the full "
+              "results, never over them).")
+@click.option("--max-new-tokens", type=POSITIVE)
+@click.option("--template", help="Chat template (default: the run's).")
+@click.option("--box-codec", help="How boxes are written: honeybee or minigpt.")
+@click.option("--answer-format", type=click.Choice(["none", "short", "choice"]),
+              help="LLaVA's line after the question: short = 'Answer the question using a single word or phrase.', "
+                   "choice = 'Answer with the option's letter from the given choices directly.'")
+def eval_(run: Path, data: tuple[str, ...], image_folder: Path | None, **settings: Any) -> None:
+    """Evaluate RUN on its [eval] datasets or --data.
 
-
-def run_eval(args: argparse.Namespace) -> int:
-    run = Path(args.run)
-    if not (run / "assembly.lock").exists():
-        raise MmcoreError(f"{run}: no assembly.lock; run `mmcore assemble MANIFEST -o {run}` first")
-    for flag in ("batch_size", "limit", "max_new_tokens"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise MmcoreError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    VQA accuracy, caption token F1, referring Prec@0.5; writes RUN/eval/.
+    """
     from mmcore.eval import evaluate_run
 
-    results = evaluate_run(run, args.data, batch_size=args.batch_size, limit=args.limit,
-                           max_new_tokens=args.max_new_tokens, template=args.template, box_codec=args.box_codec,
-                           answer_format=args.answer_format)
-    print(json.dumps(results, indent=2))
-    print(f"wrote {run / 'eval'}")
-    return 0
+    results = evaluate_run(run, list(data) or None, image_folder=str(image_folder) if image_folder else None,
+                           **settings)
+    click.echo(json.dumps(results, indent=2))
+    click.echo(f"wrote {run / 'eval'}")
 
 
-def add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="write the final model: an mmcore run, or a transformers Llava directory")
-    p.add_argument("run", help="run directory (trained, or imported)")
-    p.add_argument("output", help="directory to create")
-    p.add_argument("--format", choices=["mmcore", "hf-llava"], default="mmcore",
-                   help="mmcore: manifest + lock + per-component weights; hf-llava: a directory "
-                        "LlavaForConditionalGeneration / AutoProcessor load (LoRA merged)")
-    p.add_argument("--merge-lora", action="store_true", help="fold LoRA adapters into the LLM's weights")
-    p.set_defaults(func=run_export)
-
-
-def run_export(args: argparse.Namespace) -> int:
-    run, output = Path(args.run), Path(args.output)
-    if not (run / "assembly.lock").exists():
-        raise MmcoreError(f"{run}: no assembly.lock; pass a run directory (from assemble, train or import)")
-    if args.format == "hf-llava":
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["mmcore", "hf-llava"]), default="mmcore", show_default=True,
+              help="mmcore: manifest + lock + per-component weights; hf-llava: a directory "
+                   "LlavaForConditionalGeneration / AutoProcessor load (LoRA merged).")
+@click.option("--merge-lora", is_flag=True, help="Fold LoRA adapters into the LLM's weights.")
+def export(run: Path, output: Path, fmt: str, merge_lora: bool) -> None:
+    """Write RUN's final model to OUTPUT (a new directory)."""
+    if fmt == "hf-llava":
         from mmcore.interop import export_hf_llava
+        from mmcore.run import Run
 
-        print(f"wrote {export_hf_llava(run, output)}")
-        encoders = json.loads((run / "assembly.lock").read_text())["resolved"]["model"]["encoders"]
+        click.echo(f"wrote {export_hf_llava(run, output)}")
+        encoders = Run.open(run).lock.resolved["model"]["encoders"]
         if any(e.get("image_aspect_ratio", "pad") == "pad" for e in encoders.values()):
             print("note: transformers' LlavaProcessor does not pad images to a square; pad them with the CLIP "
                   "mean colour first (LLaVA's expand2square) to get this run's inputs", file=sys.stderr)
-        return 0
+        return
     from mmcore.export import export_run
 
-    print(f"wrote {export_run(run, output, merge_lora=args.merge_lora)}")
-    return 0
+    click.echo(f"wrote {export_run(run, output, merge_lora=merge_lora)}")
 
 
-def add_import(sub: Any) -> None:
-    p = sub.add_parser("import", help="turn a transformers Llava or a LLaVA checkpoint into an mmcore run")
-    p.add_argument("format", choices=["hf-llava", "llava"],
-                   help="hf-llava: a LlavaForConditionalGeneration directory; llava: a haotian-liu/LLaVA "
-                        "output_dir (mm_projector.bin, a LoRA run, or a full finetune)")
-    p.add_argument("source", help="the checkpoint directory")
-    p.add_argument("-o", "--output", required=True, help="run directory to create")
-    p.add_argument("--llm", default=None, help="llava: the base LLM directory for pretrain and LoRA runs")
-    p.add_argument("--vision", default=None, help="llava: the CLIP directory (default: mm_vision_tower)")
-    p.set_defaults(func=run_import)
+@cli.group(name="import", cls=LazyGroup, entry_prefix="import.")
+def import_() -> None:
+    """Turn another system's checkpoint into a run.
+
+    Plugins add layouts through `mmcore.commands` entry points named `import.LAYOUT`.
+    """
 
 
-def run_import(args: argparse.Namespace) -> int:
-    source, output = Path(args.source), Path(args.output)
+def _next_step(output: Path) -> None:
+    click.echo(f"wrote {output} (next: mmcore generate {output} --image IMG --prompt '...')")
+
+
+@import_.command(name="hf-llava")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Run directory to create.")
+def import_hf_llava(source: Path, output: Path) -> None:
+    """A transformers LlavaForConditionalGeneration directory (same logits, same greedy answers)."""
+    from mmcore.interop import import_hf_llava as run_import
+
     if not source.is_dir():
         raise MmcoreError(f"{source}: no such directory; pass the checkpoint folder")
-    if args.format == "hf-llava" and (args.llm or args.vision):
-        raise MmcoreError("--llm / --vision are for `import llava`; a hf-llava directory holds every part")
-    from mmcore.interop import import_hf_llava, import_llava
-
-    if args.format == "hf-llava":
-        import_hf_llava(source, output)
-    else:
-        import_llava(source, output, llm=args.llm, vision=args.vision)
-    print(f"wrote {output} (next: mmcore generate {output} --image IMG --prompt '...')")
-    return 0
+    run_import(source, output)
+    _next_step(output)
 
 
-def add_generate(sub: Any) -> None:
-    p = sub.add_parser("generate", help="answer a prompt about an image with a run's model")
-    p.add_argument("run", help="run directory (from `mmcore assemble` or `mmcore train`)")
-    p.add_argument("--prompt", required=True, help="the question; '<image>' is prepended when absent")
-    p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
-    p.add_argument("--template", default=None, help="chat template (default: the last stage's)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run_generate)
+@import_.command(name="llava")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Run directory to create.")
+@click.option("--llm", help="The base LLM directory (pretrain and LoRA runs).")
+@click.option("--vision", help="The CLIP directory (default: the config's mm_vision_tower).")
+def import_llava(source: Path, output: Path, llm: str | None, vision: str | None) -> None:
+    """A haotian-liu/LLaVA output_dir: mm_projector.bin, a LoRA run, or a full finetune."""
+    from mmcore.interop import import_llava as run_import
+
+    if not source.is_dir():
+        raise MmcoreError(f"{source}: no such directory; pass the checkpoint folder")
+    run_import(source, output, llm=llm, vision=vision)
+    _next_step(output)
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    for image in args.image:
-        if not Path(image).is_file():
-            raise MmcoreError(f"--image {image}: no such file; pass an existing image")
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="The question; '<image>' is put in front when it names none.")
+@click.option("--image", multiple=True, type=click.Path(path_type=Path), help="An image file (repeatable).")
+@click.option("--template", help="Chat template (default: the run's).")
+@click.option("--max-new-tokens", type=POSITIVE, default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def generate(run: Path, prompt: str, image: tuple[Path, ...], template: str | None, max_new_tokens: int,
+             temperature: float, top_p: float, seed: int) -> None:
+    """Answer PROMPT about the images with RUN's model."""
+    for item in image:
+        if not item.is_file():
+            raise MmcoreError(f"--image {item}: no such file; pass an existing image")
     import torch
 
     from mmcore.pipeline import load
 
-    torch.manual_seed(args.seed)
-    pipeline = load(args.run)
-    lock = json.loads((Path(args.run) / "assembly.lock").read_text())
-    template = args.template or (lock["resolved"]["stages"][-1]["template"] if lock["resolved"]["stages"]
-                                 else "vicuna_v1")
-    prompt = args.prompt
-    missing = len(args.image) - prompt.count("<image>")
-    if missing > 0:  # LLaVA puts the image first: "<image>\n" + question
-        prompt = "<image>\n" * missing + prompt
-    sampling = args.temperature > 0
-    answer = pipeline.answer([prompt], [{"image": list(args.image)}] if args.image else None,
-                             template=template, max_new_tokens=args.max_new_tokens, do_sample=sampling,
-                             temperature=args.temperature if sampling else 1.0, top_p=args.top_p)[0]
-    print(answer)
-    return 0
+    torch.manual_seed(seed)
+    pipeline = load(run)
+    sampling = temperature > 0
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling}
+    if sampling:
+        options.update(temperature=temperature, top_p=top_p)
+    click.echo(pipeline.answer(prompt, list(image) or None, template=template, **options))
 
 
-def add_plugin_new(sub: Any) -> None:
-    p = sub.add_parser("plugin", help="plugin authoring tools")
-    psub = p.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND", required=True,
-                            parser_class=type(p))
-    new = psub.add_parser("new", help="scaffold a plugin distribution that installs and passes its tests")
-    new.add_argument("name", help="plugin name, e.g. my-projector (distribution mmcore-plugin-NAME)")
-    new.add_argument("--kind", required=True, choices=["encoder", "projector", "head"])
-    new.add_argument("-o", "--output", default=None, help="target directory (default: ./mmcore-plugin-NAME)")
-    new.set_defaults(func=run_plugin_new)
+@cli.group()
+def plugin() -> None:
+    """Plugin authoring tools."""
 
 
-def run_plugin_new(args: argparse.Namespace) -> int:
+@plugin.command()
+@click.argument("name")
+@click.option("--kind", required=True, type=click.Choice(["encoder", "projector", "head"]))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Target directory (default: ./mmcore-plugin-NAME).")
+def new(name: str, kind: str, output: Path | None) -> None:
+    """Scaffold a plugin distribution that installs and passes its tests."""
     from mmcore.cli._scaffold import scaffold
 
-    target = scaffold(args.name, args.kind, Path(args.output) if args.output else None)
-    print(f"created {target}\nnext: pip install -e {target} && pytest {target}", file=sys.stdout)
-    return 0
+    target = scaffold(name, kind, output)
+    click.echo(f"created {target}\nnext: pip install -e {target} && pytest {target}")

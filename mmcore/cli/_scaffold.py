@@ -17,11 +17,11 @@ build-backend = "setuptools.build_meta"
 
 [project]
 name = "{dist}"
-version = "0.1.0"
+version = "0.2.0"
 description = "mmcore {kind}: {name}"
 readme = "README.md"
 requires-python = ">=3.11"
-dependencies = ["mmcore>=0.1,<0.2", "torch>=2.4"]
+dependencies = ["mmcore>=0.2,<0.3", "torch>=2.4"]
 
 [project.entry-points."mmcore.{kind}s"]
 {name} = "{package}.component:{cls}"
@@ -33,7 +33,7 @@ packages = ["{package}"]
 INIT = '''"""{dist}: the `{name}` {kind} for mmcore."""
 
 MMCORE_API = {api}  # the mmcore plugin API this distribution is built for
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 '''
 
 COMPONENTS = {
@@ -78,13 +78,28 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mmcore.kinds import BuildContext, ComponentConfig, Encoder, FeatureSpec, Features
+from mmcore.kinds import BuildContext, ComponentConfig, Encoder, FeatureSpec, Features, MediaView, Viewed
 
 
 class {cls}Config(ComponentConfig):
     image_size: int = 224
     patch_size: int = 16
     width: int = 256
+
+
+class {cls}View(MediaView):
+    """The encoder's preprocessing: runs in data-loader workers, so it holds settings, never weights."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+
+    def __call__(self, item: Any, modality: str) -> Viewed:
+        import numpy as np
+        from PIL import Image
+
+        image = (Image.open(item) if isinstance(item, str) else item).convert("RGB")
+        image = image.resize((self.image_size, self.image_size))
+        return torch.from_numpy(np.asarray(image, dtype="float32") / 255.0).permute(2, 0, 1), {{}}
 
 
 class {cls}(Encoder):
@@ -107,13 +122,8 @@ class {cls}(Encoder):
     def input_shape(self, modality: str) -> tuple[int, ...]:
         return (3, self.config.image_size, self.config.image_size)
 
-    def preprocess(self, item: Any, modality: str) -> torch.Tensor:
-        import numpy as np
-        from PIL import Image
-
-        image = (Image.open(item) if isinstance(item, str) else item).convert("RGB")
-        image = image.resize((self.config.image_size, self.config.image_size))
-        return torch.from_numpy(np.asarray(image, dtype="float32") / 255.0).permute(2, 0, 1)
+    def media_view(self, **preprocessing: Any) -> {cls}View:
+        return {cls}View(self.preprocessing_config(**preprocessing).image_size)
 
     def forward(self, media: torch.Tensor, modality: str) -> Features:
         grid = self.patches(media)  # (B, C, h, w)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,21 +59,29 @@ def _score(task: str, answer: str, reference: str, sample: Sample, codec: BoxCod
 
 
 def evaluate(pipeline: Pipeline, dataset: Dataset, template: str, codec: BoxCodec, batch_size: int = 8,
-             max_new_tokens: int = 32, limit: int | None = None, answer_format: str = "none") -> list[EvalRecord]:
-    """Greedy answers for every sample (batched, left-padded) scored against its last reply."""
+             max_new_tokens: int = 32, limit: int | None = None, answer_format: str = "none",
+             skipped: Counter[str] | None = None) -> list[EvalRecord]:
+    """Greedy answers for every sample (batched, left-padded, through the run's processor) scored against
+    its last reply. A record that cannot become a sample is skipped and counted by reason in `skipped`."""
+    skipped = Counter() if skipped is None else skipped
+    processor = pipeline.processor
     indices = range(min(len(dataset), limit or len(dataset)))
     records: list[EvalRecord] = []
     for start in range(0, len(indices), batch_size):
-        samples = []
+        samples, prepared = [], []
         for index in indices[start : start + batch_size]:
             try:
-                samples.append(dataset[index])
-            except SampleError:
+                sample = dataset[index]
+                prepared.append(processor.prepare(_prompt(sample, answer_format), template, train=False))
+            except SampleError as err:
+                skipped[err.reason] += 1
                 continue
-        prompts = [_prompt(s, answer_format) for s in samples]
-        batch = pipeline.batch(prompts, template, train=False).to(pipeline.device)
+            samples.append(sample)
+        if not prepared:
+            continue
+        batch = processor.collate(prepared, train=False).to(pipeline.device)
         new_tokens = pipeline.model.generate(batch, max_new_tokens=max_new_tokens)
-        for sample, answer in zip(samples, pipeline.decode(new_tokens, template), strict=True):
+        for sample, answer in zip(samples, processor.decode(new_tokens, template), strict=True):
             reference = sample.conversation[-1].text
             task = sample.task or "caption"
             question = next((t.text for t in reversed(sample.conversation) if t.role == "user"), "")
@@ -82,13 +91,17 @@ def evaluate(pipeline: Pipeline, dataset: Dataset, template: str, codec: BoxCode
     return records
 
 
-def summarize(records: list[EvalRecord]) -> dict[str, Any]:
-    """Mean score per task and per task family (vqa = VQA accuracy, refer = Prec@0.5, else token F1)."""
+def summarize(records: list[EvalRecord], skipped: Counter[str] | None = None) -> dict[str, Any]:
+    """Mean score per task and per task family (vqa = VQA accuracy, refer = Prec@0.5, else token F1), and the
+    records skipped, by reason."""
     groups: dict[str, list[float]] = {}
     for r in records:
         for key in {r.task, r.task.split("/")[0]}:
             groups.setdefault(key, []).append(r.score)
-    return {"samples": len(records), **{k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}}
+    summary: dict[str, Any] = {"samples": len(records)}
+    if skipped:
+        summary["skipped"] = dict(sorted(skipped.items()))
+    return {**summary, **{k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}}
 
 
 def write_report(records: list[EvalRecord], metrics: dict[str, Any], folder: Path, sheet_size: int) -> None:

@@ -37,9 +37,10 @@ def new_run(run: Path) -> Iterator[Path]:
     with new_folder(run) as tmp:
         yield tmp
     try:
-        from mmcore.assembly import assemble, write_lock
+        from mmcore.assembly import assemble
+        from mmcore.run import Run
 
-        write_lock(assemble(run / "manifest.toml"), run)
+        Run.create(run, assemble(run / "manifest.toml"), force=True)  # its weights are the import itself
     except BaseException:
         shutil.rmtree(run, ignore_errors=True)
         raise

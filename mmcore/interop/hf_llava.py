@@ -173,7 +173,7 @@ def export_hf_llava(run: Path, output: Path) -> Path:
     hf.model.multi_modal_projector.linear_2 = projector.layers[2]
     with new_folder(output) as tmp:
         hf.save_pretrained(tmp)
-        processor = LlavaProcessor(image_processor=encoder.processor, tokenizer=tokenizer,
+        processor = LlavaProcessor(image_processor=encoder.media_view().processor, tokenizer=tokenizer,
                                    patch_size=encoder.patch_size,
                                    vision_feature_select_strategy=config.vision_feature_select_strategy,
                                    image_token=IMAGE_TOKEN, num_additional_image_tokens=1)

@@ -8,8 +8,9 @@ from mmcore.kinds.head import Head, HeadConfig, HeadOutput, select_trigger_posit
 from mmcore.kinds.llm import LLM, AttentionSite, LMOutput
 from mmcore.kinds.projector import AdapterProjector, Projector
 from mmcore.kinds.retriever import Retriever
-from mmcore.kinds.sample import Sample, Segment, Turn
-from mmcore.kinds.template import Template
+from mmcore.kinds.sample import Sample, Turn
+from mmcore.kinds.template import Piece, Template, split_media
+from mmcore.kinds.view import MediaView, Viewed
 
 BASE_CLASSES: dict[str, type] = {
     "encoder": Encoder,
@@ -40,11 +41,14 @@ __all__ = [
     "HeadConfig",
     "HeadOutput",
     "LMOutput",
+    "MediaView",
+    "Piece",
     "Projector",
     "Retriever",
     "Sample",
-    "Segment",
     "Template",
     "Turn",
+    "Viewed",
     "select_trigger_positions",
+    "split_media",
 ]

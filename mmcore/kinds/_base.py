@@ -66,6 +66,13 @@ class Component(nn.Module):
     # D-Abstractor runs in fp32 inside bf16 training) sets this. The model runs it with autocast off and
     # its inputs cast; every engine keeps its weights in this dtype.
     compute_dtype: ClassVar[torch.dtype | None] = None
+    # Sub-modules that never train, even when the component is listed in a stage's `trainable`, unless an
+    # entry names them explicitly (a SAM head's image encoder: "image_encoder", u-LLaVA's
+    # "mask_decoder.iou_prediction_head").
+    frozen_modules: ClassVar[tuple[str, ...]] = ()
+    # Components other than encoders that read raw media themselves (a SAM head's own 1024-px image) name
+    # the modalities here and return their preprocessing from `media_view`.
+    view_modalities: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
         super().__init__()
@@ -76,6 +83,10 @@ class Component(nn.Module):
     def tiny_config(cls) -> dict[str, Any]:
         """A config small enough for CPU conformance tests (`mmcore.testing`)."""
         return {}
+
+    def media_view(self, **preprocessing: Any) -> Any:
+        """The component's own preprocessing of raw media (a `MediaView`), or None when it reads none."""
+        return None
 
     @classmethod
     def tiny_wiring(cls) -> dict[str, Any]:

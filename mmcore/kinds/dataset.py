@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset as TorchDataset
 
@@ -17,6 +17,12 @@ class Dataset(DataComponent, TorchDataset):  # type: ignore[type-arg]
     """Base dataset: random access to `Sample`s. Preprocessing happens later, in the collator."""
 
     kind: ClassVar[str] = "dataset"
+
+    @classmethod
+    def data_paths(cls, config: Any) -> dict[str, str]:
+        """The files and folders this dataset reads: config key → path as written (relative to the manifest).
+        Assembly checks they exist before any training starts."""
+        return {}
 
     @abstractmethod
     def __len__(self) -> int: ...

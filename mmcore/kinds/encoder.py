@@ -10,6 +10,7 @@ import torch
 
 from mmcore.errors import MmcoreError
 from mmcore.kinds._base import Component, FeatureSpec
+from mmcore.kinds.view import MediaView
 
 __all__ = ["Encoder", "Features"]
 
@@ -27,12 +28,13 @@ class Features:
 class Encoder(Component):
     """Base encoder. Subclasses declare `modalities` and describe their output with `output_spec`.
 
-    `preprocess` runs in data-loader workers (file or PIL in, tensor out); `forward` sees tensors only.
+    `media_view` returns the encoder's preprocessing (file or PIL in, tensor out) as a picklable object that
+    runs in data-loader workers; `forward` sees tensors only.
     """
 
     kind: ClassVar[str] = "encoder"
     modalities: ClassVar[tuple[str, ...]] = ("image",)
-    # Config fields that only change `preprocess`; a stage may override them (`[stages.preprocess.NAME]`).
+    # Config fields that only change `media_view`; a stage may override them (`[stages.preprocess.NAME]`).
     preprocessing_fields: ClassVar[tuple[str, ...]] = ()
 
     def preprocessing_config(self, **options: Any) -> Any:
@@ -42,13 +44,6 @@ class Encoder(Component):
             raise MmcoreError(f"{unknown} cannot change per stage; preprocessing options of "
                               f"{type(self).__name__}: {list(self.preprocessing_fields) or 'none'}")
         return type(self.config).model_validate({**self.config.model_dump(), **options})
-
-    def with_preprocessing(self, **options: Any) -> dict[str, Any]:
-        """Apply a stage's preprocessing overrides; return the previous values (to restore them)."""
-        config = self.preprocessing_config(**options)
-        previous = {k: getattr(self.config, k) for k in options}
-        self.config = config
-        return previous
 
     @property
     @abstractmethod
@@ -60,8 +55,9 @@ class Encoder(Component):
         """Shape of one preprocessed item of `modality` (e.g. (3, 336, 336))."""
 
     @abstractmethod
-    def preprocess(self, item: Any, modality: str) -> torch.Tensor:
-        """One raw media item (path, PIL image, array) → a tensor of `input_shape(modality)`."""
+    def media_view(self, **preprocessing: Any) -> MediaView:
+        """This encoder's preprocessing, with a stage's `preprocessing` overrides applied (validate them
+        with `preprocessing_config`): a picklable view whose tensors have `input_shape(modality)`."""
 
     @abstractmethod
     def forward(self, media: torch.Tensor, modality: str) -> Features:

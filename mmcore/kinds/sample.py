@@ -1,11 +1,11 @@
-"""The canonical data record every dataset yields, and the pieces a template renders (torch-free)."""
+"""The canonical data record every dataset yields (torch-free)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Role", "Sample", "Segment", "Turn"]
+__all__ = ["Role", "Sample", "Turn"]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -32,11 +32,3 @@ class Sample:
     media: dict[str, list[Any]] = field(default_factory=dict)
     targets: dict[str, Any] = field(default_factory=dict)
     task: str | None = None
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A piece of rendered conversation; `supervised` pieces are the only ones with labels."""
-
-    text: str
-    supervised: bool = False

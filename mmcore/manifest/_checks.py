@@ -18,7 +18,7 @@ MIXTURES = ("uniform", "per-task", "size-proportional", "honeybee-finetune", "ho
 
 def _error(loaded: Any, loc: tuple[str | int, ...], message: str) -> ManifestError:
     line = line_of(loaded.text, loc)
-    return ManifestError(f"{loaded.path}:{line}: {message}" if line else f"{loaded.path}: {message}")
+    return ManifestError(f"{loaded.display}:{line}: {message}" if line else f"{loaded.display}: {message}")
 
 
 def component_names(manifest: Manifest) -> dict[str, str]:
@@ -90,7 +90,8 @@ def _check_stages(loaded: Any) -> None:
         seen.add(stage.name)
         for field in ("trainable", "lr_per_component"):
             for entry in getattr(stage, field):
-                if not qualify(manifest, entry):
+                inside = field == "trainable" and any(entry.startswith(f"{n}.") for n in names)  # a sub-module
+                if not qualify(manifest, entry) and not inside:
                     raise _error(loaded, ("stages", index, field),
                                  f"[[stages]] '{stage.name}' {field}: no component '{entry}'"
                                  f"{did_you_mean(entry, names)}; components: {choices_text(names)}")
@@ -141,17 +142,33 @@ def check_manifest(loaded: Any) -> None:
     _check_required(loaded)
 
 
-def load_plugin_files(data: dict[str, Any], path: Path, text: str, pm: Any) -> None:
-    """Run the local plugin files named in `[plugins] files` (like conftest.py) and register them."""
+def load_plugin_files(data: dict[str, Any], base_dir: Path, shown: Path, text: str, pm: Any,
+                      overrides: dict[str, Path]) -> list[tuple[str, Path]]:
+    """Run the local plugin files named in `[plugins] files` (like conftest.py) and register their hooks.
+    Each name resolves against `base_dir`, or to its entry in `overrides` (a run's copies). Returns
+    (name, file) for each; with no plugin manager the files are only checked."""
     from mmcore.registry import load_local_plugin
 
     files = (data.get("plugins") or {}).get("files") or []
     if not isinstance(files, list):
-        return  # the schema reports the wrong type with its line
+        return []  # the schema reports the wrong type with its line
+    ran = []
     for index, name in enumerate(files):
         line = line_of(text, ("plugins", "files"))
-        where = f"{path}:{line}: [plugins] files #{index + 1}" if line else f"{path}: [plugins] files"
+        where = f"{shown}:{line}: [plugins] files #{index + 1}" if line else f"{shown}: [plugins] files"
+        if not isinstance(name, str):
+            continue  # the schema reports it
+        path = overrides.get(name) or (base_dir / name).resolve()
+        if path.suffix != ".py":
+            raise ManifestError(f"{where}: '{name}' is not a Python file; a local plugin is a .py file with "
+                                f"@mmcore.hookimpl functions")
         try:
-            load_local_plugin(pm, path.parent / str(name), where)
+            if pm is not None:
+                load_local_plugin(pm, path, where)
+            elif not path.is_file():
+                raise PluginError(f"{where}: local plugin file '{path}' does not exist; fix the path (relative "
+                                  f"paths are relative to the manifest)")
         except PluginError as err:
             raise ManifestError(str(err)) from err
+        ran.append((name, path))
+    return ran

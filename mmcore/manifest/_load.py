@@ -6,7 +6,7 @@ Every problem is a `ManifestError` of one line: `file:line: [table] key: problem
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -21,17 +21,24 @@ __all__ = ["LoadedManifest", "load_manifest", "parse_manifest"]
 
 @dataclass
 class LoadedManifest:
-    """A validated manifest with its file and text (for error lines) and the directory that
-    relative paths in it are relative to."""
+    """A validated manifest with its file and text (for error lines), the directory that relative paths
+    in it are relative to, and the local plugin files it ran.
+
+    `display` is the file errors name: the user's manifest even when a run's copy is being read.
+    """
 
     manifest: Manifest
     path: Path
     text: str
     base_dir: Path = Path()
+    display: Path = Path()
+    plugin_files: list[tuple[str, Path]] = field(default_factory=list)  # (as written, the file that ran)
 
     def __post_init__(self) -> None:
         if self.base_dir == Path():
             self.base_dir = self.path.parent.resolve()
+        if self.display == Path():
+            self.display = self.path
 
 
 def _table_and_key(loc: tuple[str | int, ...]) -> str:
@@ -76,6 +83,8 @@ def _explain(error: Any) -> str:
         return f"unknown key{did_you_mean(str(loc[-1]), valid)}; valid keys: {choices_text(valid)}"
     if kind == "missing":
         return "is required but missing; add it"
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
     got = error.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a table"
     return f"{error['msg'].lower()} (got {shown})"
@@ -97,32 +106,43 @@ def validation_error(err: ValidationError, path: Path, text: str) -> ManifestErr
     return ManifestError(f"{where}: {_table_and_key(loc)} {_explain(first)}{_hint(loc, first['type'])}")
 
 
-def parse_manifest(path: Path) -> tuple[dict[str, Any], str]:
+def parse_manifest(path: Path, display: Path | None = None) -> tuple[dict[str, Any], str]:
     """The raw TOML of `path` and its text; a ManifestError for a missing file or bad syntax."""
+    shown = display or path
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found; check the path (try `ls {path.parent}`)")
     if path.is_dir():
         raise ManifestError(f"{path}: is a directory; pass the manifest .toml file inside it")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{shown}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as err:
-        raise ManifestError(f"{path}: invalid TOML: {err}; fix the syntax there") from err
+        raise ManifestError(f"{shown}: invalid TOML: {err}; fix the syntax there") from err
 
 
-def load_manifest(path: str | Path, pm: Any = None) -> LoadedManifest:
-    """Parse, run `[plugins] files` and the `mmcore_manifest_loaded` hook, validate, cross-check."""
+def load_manifest(path: str | Path, pm: Any = None, base_dir: Path | None = None, display: Path | None = None,
+                  plugin_files: dict[str, Path] | None = None) -> LoadedManifest:
+    """Parse, run `[plugins] files` and the `mmcore_manifest_loaded` hook, validate, cross-check.
+
+    `base_dir`: where relative paths resolve (default: the manifest's folder); `display`: the file errors
+    name; `plugin_files`: manifest entry → the file to run instead (a run's verified copies).
+    """
     from mmcore.manifest._checks import check_manifest, load_plugin_files
 
     path = Path(path)
-    data, text = parse_manifest(path)
+    shown = display or path
+    data, text = parse_manifest(path, shown)
+    base = base_dir or path.parent.resolve()
+    ran = load_plugin_files(data, base, shown, text, pm, plugin_files or {})
     if pm is not None:
-        load_plugin_files(data, path, text, pm)
-        pm.hook.mmcore_manifest_loaded(data=data, path=str(path))
+        pm.hook.mmcore_manifest_loaded(data=data, path=str(shown))
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as err:
-        raise validation_error(err, path, text) from None
-    loaded = LoadedManifest(manifest, path, text)
+        raise validation_error(err, shown, text) from None
+    loaded = LoadedManifest(manifest, path, text, base_dir=base, display=shown, plugin_files=ran)
     check_manifest(loaded)
     return loaded

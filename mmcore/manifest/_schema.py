@@ -3,9 +3,10 @@ later against each component's own `Config`, once assembly has resolved its type
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 __all__ = [
     "ComponentSpec",
@@ -91,7 +92,7 @@ class DataSpec(_Strict):
 
 
 class StageSpec(_Strict):
-    name: str
+    name: str  # names files (RUN/plots/loss-NAME.png, checkpoints): letters, digits, '.', '_', '-'
     trainable: list[str] = Field(default_factory=list)  # "llm", "projectors", "projectors.vision", ...
     lora: LoraSpec | None = None  # LoRA on the LLM through peft
     bias_norm: bool = False  # also train every bias and norm of the LLM (LLaMA-Adapter)
@@ -122,6 +123,14 @@ class StageSpec(_Strict):
     log_every: PositiveInt = 10
     save_every: PositiveInt | None = None  # steps between checkpoints (default: end of stage only)
     tensorboard: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or ".." in name:
+            raise ValueError(f"'{name}' cannot name a file: use letters, digits, '.', '_' or '-' (stage names name "
+                             f"RUN/plots/loss-NAME.png and checkpoints)")
+        return name
 
 
 class EvalSpec(_Strict):

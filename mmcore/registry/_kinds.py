@@ -6,8 +6,9 @@ KINDS: tuple[str, ...] = ("encoder", "projector", "llm", "head", "retriever", "d
 GROUPS: dict[str, str] = {kind: f"mmcore.{kind}s" for kind in KINDS}
 HOOKS_GROUP = "mmcore.plugins"
 
-# The core API version plugins declare as `MMCORE_API = 1` in their top-level package.
-API_VERSION = 1
+# The core API version plugins declare as `MMCORE_API = 2` in their top-level package (2: encoders give a
+# picklable `media_view` instead of preprocessing in the module; templates return tokenizer-call `Piece`s).
+API_VERSION = 2
 
 # First-party components and the distribution that provides each, so an unknown `type` can say
 # what to `pip install`. Third-party names are found through the installed entry points instead.

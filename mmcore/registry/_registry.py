@@ -31,9 +31,11 @@ class Registry:
     when a manifest uses it, unless `strict` (MMCORE_STRICT_PLUGINS=1) re-raises at once.
     """
 
-    def __init__(self, entries: list[Entry] | None = None, strict: bool = False) -> None:
+    def __init__(self, entries: list[Entry] | None = None, strict: bool = False,
+                 providers: set[tuple[str, str]] | None = None) -> None:
         self.entries = discover_entries() if entries is None else entries
         self.strict = strict
+        self.providers = dict(providers or ())  # type → distribution, remembered by a run's lock
         self._dynamic: dict[tuple[str, str], Resolved] = {}
         self._cache: dict[tuple[str, str], Resolved] = {}
 
@@ -92,7 +94,7 @@ class Registry:
 
     def _unknown(self, kind: str, name: str) -> str:
         message = f"unknown {kind} type '{name}'{did_you_mean(name, self.names(kind))}"
-        provider = KNOWN_PROVIDERS.get(kind, {}).get(name)
+        provider = KNOWN_PROVIDERS.get(kind, {}).get(name) or self.providers.get(name)
         off = [e for e in self.entries if e.kind == kind and e.name == name]
         if off:
             return f"{message}: '{off[0].distribution}' provides it but is {plugin_filter(off[0].distribution)}"

@@ -52,13 +52,15 @@ def mmcore_model_assembled(model: Any, manifest: Any) -> None:
 
 
 @hookspec
-def mmcore_add_commands(subparsers: Any) -> None:
-    """Add subcommands to the ``mmcore`` CLI.
+def mmcore_add_commands(cli: Any) -> None:
+    """Add commands to the ``mmcore`` CLI (a ``click.Group``): ``cli.add_command(my_click_command)``.
 
-    :param subparsers: the ``argparse`` sub-parser action. Add a parser and set ``func`` to a
-        callable taking the parsed ``args`` and returning an exit code.
+    :param cli: the top-level click group.
 
-    Called only when the requested command is not a built-in one, so ``mmcore --help`` stays fast.
+    Called only when the requested command is neither built in nor declared as an entry point, so
+    ``mmcore --help`` stays fast. A distribution should rather declare its commands in the
+    ``mmcore.commands`` entry-point group (listed in ``--help`` without importing it); the hook is for
+    hook modules and local plugin code.
     """
 
 

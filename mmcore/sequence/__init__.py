@@ -1,6 +1,6 @@
 """Sequence building shared by training and generation: placeholders, labels, padding, media index."""
 
-from mmcore.sequence._batch import Batch, collate
+from mmcore.sequence._batch import Batch, MediaBatch, collate
 from mmcore.sequence._builder import IGNORE_INDEX, Encoded, SequenceBuilder, placeholder
 
-__all__ = ["IGNORE_INDEX", "Batch", "Encoded", "SequenceBuilder", "collate", "placeholder"]
+__all__ = ["IGNORE_INDEX", "Batch", "Encoded", "MediaBatch", "SequenceBuilder", "collate", "placeholder"]

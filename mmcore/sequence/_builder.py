@@ -1,22 +1,24 @@
 """One sequence builder for training and generation.
 
-Segments (from a template) → token ids with media placeholders expanded to exactly the projector's
-token count → labels from the ids of supervised segments → padded batches with attention masks,
-position ids and an index that says which media token goes where.
+A template's `Piece`s (one per upstream tokenizer call) → token ids, each media placeholder expanded to
+exactly the projector's token count → labels from the learned character spans, through the tokenizer's
+offsets → padded batches with attention masks, position ids and an index that says which media token
+goes where.
 
 Rules: a placeholder/media count mismatch is a `SampleError` at data time; truncation never cuts a
-media span (a sample whose media does not fit is an error); a training sample with no supervised
-token left is an error, never a silently fully-masked sample.
+media span (a sample whose media does not fit is an error); a training sample with no learned token
+left is an error, never a silently fully-masked sample.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mmcore.errors import SampleError
-from mmcore.kinds.sample import Segment
+from mmcore.errors import MmcoreError, SampleError
+from mmcore.kinds.template import Piece
 
 __all__ = ["IGNORE_INDEX", "Encoded", "SequenceBuilder", "placeholder"]
 
@@ -38,8 +40,13 @@ class Encoded:
     media_spans: list[tuple[str, int, int]] = field(default_factory=list)  # (modality, start, length)
 
 
+def _overlaps(spans: tuple[tuple[int, int], ...], start: int, end: int) -> bool:
+    end = max(end, start + 1)  # a zero-width token sits at its start
+    return any(start < b and end > a for a, b in spans)
+
+
 class SequenceBuilder:
-    """Tokenizes segments with media placeholders; `tokens_per_item[modality]` comes from assembly."""
+    """Tokenizes pieces with media placeholders; `tokens_per_item[modality]` comes from assembly."""
 
     def __init__(self, tokenizer: Any, tokens_per_item: dict[str, int], max_length: int) -> None:
         self.tokenizer = tokenizer
@@ -50,39 +57,72 @@ class SequenceBuilder:
         self._split = re.compile(f"({names})") if names else None
         self._modality = {placeholder(m): m for m in tokens_per_item}
 
-    def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+    def _chunks(self, text: str) -> Iterator[tuple[int, str, str | None]]:
+        """(start, text, modality or None) of `text` split at media placeholders; empty text kept."""
+        parts = self._split.split(text) if self._split else [text]
+        start = 0
+        for part in parts:
+            yield start, part, self._modality.get(part)
+            start += len(part)
 
-    def _pieces(self, text: str) -> list[str]:
-        return [p for p in self._split.split(text) if p] if self._split else ([text] if text else [])
+    def _call(self, text: str, special: bool, spans: tuple[tuple[int, int], ...], offset: int,
+              learn_all: bool) -> tuple[list[int], list[int]]:
+        """One tokenizer call → (ids, labels); labels from `spans` (piece coordinates) via offsets."""
+        need_offsets = bool(spans) and not learn_all
+        try:
+            enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=need_offsets,
+                                 return_special_tokens_mask=True)
+        except NotImplementedError:
+            raise MmcoreError(f"tokenizer {type(self.tokenizer).__name__} gives no character offsets, which this "
+                              f"template needs to find learned spans; use its fast (tokenizers) version") from None
+        ids = [int(i) for i in enc["input_ids"]]
+        added = enc["special_tokens_mask"]
+        if learn_all:
+            return ids, [IGNORE_INDEX if a else i for i, a in zip(ids, added, strict=True)]
+        if not spans:
+            return ids, [IGNORE_INDEX] * len(ids)
+        labels = [i if not a and _overlaps(spans, offset + s, offset + e) else IGNORE_INDEX
+                  for i, a, (s, e) in zip(ids, added, enc["offset_mapping"], strict=True)]
+        return ids, labels
 
-    def encode(self, segments: list[Segment], media_counts: dict[str, int], sample_id: str,
-               add_bos: bool = True, train: bool = True) -> Encoded:
-        """Segments → ids/labels/media spans; `train` requires at least one supervised token."""
+    def _token(self, piece: Piece) -> tuple[list[int], list[int]]:
+        tid = self.tokenizer.bos_token_id if piece.token == "bos" else self.tokenizer.eos_token_id
+        if tid is None:  # a tokenizer without BOS (GPT-2 style): nothing to insert
+            return [], []
+        return [int(tid)], [int(tid) if piece.learn else IGNORE_INDEX]
+
+    def encode(self, pieces: list[Piece], media_counts: dict[str, int], sample_id: str,
+               train: bool = True) -> Encoded:
+        """Pieces → ids/labels/media spans; `train` requires at least one learned token."""
         self._check_modalities(media_counts, sample_id)
         ids: list[int] = []
         labels: list[int] = []
-        spans: list[tuple[str, int, int]] = []
-        if add_bos and self.tokenizer.bos_token_id is not None:
-            ids.append(int(self.tokenizer.bos_token_id))
-            labels.append(IGNORE_INDEX)
-        for segment in segments:
-            for piece in self._pieces(segment.text):
-                modality = self._modality.get(piece)
-                if modality is None:
-                    piece_ids = self._ids(piece)
-                    ids += piece_ids
-                    labels += piece_ids if segment.supervised else [IGNORE_INDEX] * len(piece_ids)
+        media: list[tuple[str, int, int]] = []
+        for piece in pieces:
+            if piece.token is not None:
+                piece_ids, piece_labels = self._token(piece)
+                ids += piece_ids
+                labels += piece_labels
+                continue
+            spans, first = piece.spans(), True
+            for start, text, modality in self._chunks(piece.text):
+                if modality is not None:
+                    if _overlaps(spans, start, start + len(text)):
+                        raise SampleError(f"sample '{sample_id}': {text} appears in an assistant reply; media "
+                                          f"placeholders belong in user turns", "placeholder-mismatch")
+                    length = self.tokens_per_item[modality]
+                    media.append((modality, len(ids), length))
+                    ids += [self.pad_id] * length  # Contract: labels of media positions are IGNORE
+                    labels += [IGNORE_INDEX] * length
                     continue
-                if segment.supervised:
-                    raise SampleError(f"sample '{sample_id}': {piece} appears in an assistant reply; "
-                                      f"media placeholders belong in user turns", "placeholder-mismatch")
-                length = self.tokens_per_item[modality]
-                spans.append((modality, len(ids), length))
-                ids += [self.pad_id] * length  # Contract: labels of media positions are IGNORE
-                labels += [IGNORE_INDEX] * length
-        self._check_counts(spans, media_counts, sample_id)
-        return self._truncate(Encoded(sample_id, ids, labels, spans), train)
+                special = piece.special_tokens and first  # BOS kept once (tokenizer_image_token)
+                first = False
+                if text or special:
+                    call_ids, call_labels = self._call(text, special, spans, start, piece.learn is True)
+                    ids += call_ids
+                    labels += call_labels
+        self._check_counts(media, media_counts, sample_id)
+        return self._truncate(Encoded(sample_id, ids, labels, media), train)
 
     def _check_modalities(self, media_counts: dict[str, int], sample_id: str) -> None:
         for modality, count in media_counts.items():
@@ -110,7 +150,7 @@ class SequenceBuilder:
             encoded.input_ids = encoded.input_ids[: self.max_length]
             encoded.labels = encoded.labels[: self.max_length]
         if train and all(label == IGNORE_INDEX for label in encoded.labels):
-            raise SampleError(f"sample '{sid}': no supervised token within max_length {self.max_length} "
+            raise SampleError(f"sample '{sid}': no learned token within max_length {self.max_length} "
                               f"(over-length or no assistant reply); it would train on nothing", "no-supervision")
         return encoded
 

@@ -129,12 +129,18 @@ class ConformanceSuite:
         assert all(p.is_meta for p in params), "parameters were materialised on the meta device"
 
     def _check_data_component(self, kind: str, cls: Any) -> None:
-        built = cls(cls.Config.model_validate(cls.tiny_config()), BuildContext(name="test"))
+        from mmcore.builtins.byte_tokenizer import byte_level_tokenizer
+        from mmcore.sequence import IGNORE_INDEX, SequenceBuilder
+
+        tokenizer = byte_level_tokenizer()
+        built = cls(cls.Config.model_validate(cls.tiny_config()), BuildContext(name="test", tokenizer=tokenizer))
         if isinstance(built, Template):
             conversation = [Turn("user", "<image>\nWhat is it?"), Turn("assistant", "A cat.")]
-            segments = built.render(conversation)
-            assert any(s.supervised for s in segments), "render() marks no assistant text as supervised"
-            assert not any(s.supervised for s in built.generation_prompt(conversation[:1]))
+            builder = SequenceBuilder(tokenizer, {"image": 2}, 512)
+            learned = builder.encode(built.render(conversation), {"image": 1}, "t").labels
+            assert any(t != IGNORE_INDEX for t in learned), "render() marks no assistant text as learned"
+            prompt = builder.encode(built.generation_prompt(conversation[:1]), {"image": 1}, "t", train=False).labels
+            assert all(t == IGNORE_INDEX for t in prompt), "generation_prompt() marks text as learned"
         elif isinstance(built, Dataset):
             assert len(built) > 0 and isinstance(built[0], Sample)
         elif isinstance(built, BoxCodec):

@@ -25,8 +25,11 @@ class TrainState:
     """Where training stands: the next step of `stage_index` and what has been trained so far."""
 
     stage_index: int = 0
+    stage: str = ""  # the name of the stage at `stage_index` while it runs
     step: int = 0  # the next optimizer step to run in this stage
     steps: int = 0  # optimizer steps in this stage
+    # stage name → {"steps", "max_steps", "epochs"} of every finished stage, in the order they ran
+    completed: dict[str, dict[str, Any]] = field(default_factory=dict)
     trained: dict[str, list[str]] = field(default_factory=dict)  # component → parameter names ever trained
     lora: dict[str, Any] | None = None  # the LoRA applied to the LLM, re-applied on resume
     skipped: dict[str, int] = field(default_factory=dict)
@@ -91,8 +94,15 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
     for file in sorted((folder / "weights").glob("*.safetensors")):
         module = modules.get(file.stem)
         if module is None:
-            raise MmcoreError(f"checkpoint {file}: no component '{file.stem}' in this manifest")
+            raise MmcoreError(f"checkpoint {file}: no component '{file.stem}' in this manifest; was the run "
+                              f"re-assembled with another model? Train it in a new run directory")
         state = load_file(str(file))
+        own = module.state_dict()
+        clash = next((f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                      if k in own and tuple(v.shape) != tuple(own[k].shape)), None)
+        if clash:
+            raise MmcoreError(f"checkpoint {file}: component '{file.stem}' no longer fits it ({clash}, checkpoint vs "
+                              f"manifest); the model changed since it was trained — train it in a new run directory")
         unexpected = module.load_state_dict(state, strict=False).unexpected_keys
         if unexpected:
             raise MmcoreError(f"checkpoint {file}: keys {unexpected[:3]} do not belong to '{file.stem}'")

@@ -18,6 +18,10 @@ def _free_port() -> int:
 
 def launch(run: Path, nproc: int) -> int:
     """Run `python -m mmcore train RUN` on `nproc` local ranks; returns the launcher's exit code."""
+    import os
+
+    from mmcore.run._pidlock import HELD_ENV
+
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "mmcore", "train", str(run)]
-    return subprocess.run(command).returncode
+    return subprocess.run(command, env={**os.environ, HELD_ENV: "1"}).returncode  # the ranks run under our lock

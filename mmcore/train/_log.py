@@ -1,4 +1,5 @@
-"""Run logging: a progress bar (loss, lr, tokens/s, ETA), JSON lines, loss-curve PNGs, TensorBoard."""
+"""Run logging: a progress bar on a terminal, plain progress lines otherwise (step, loss, lr, tokens/s,
+ETA), JSON lines, loss-curve PNGs, TensorBoard."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class RunLog:
         self.tensorboard: Any = None
         self._tokens = 0
         self._since = time.perf_counter()
+        self._first_step = 0
+        self._steps = 0
 
     def event(self, **record: Any) -> None:
         if not self.enabled:
@@ -33,13 +36,13 @@ class RunLog:
 
     def start_stage(self, stage: str, start: int, steps: int, tensorboard: bool) -> None:
         self.losses = []
-        self._tokens, self._since = 0, time.perf_counter()
+        self._tokens, self._since, self._first_step, self._steps = 0, time.perf_counter(), start, steps
         if not self.enabled:
             return
-        from tqdm import tqdm
+        if sys.stdout.isatty() and sys.stderr.isatty():
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=steps, initial=start, desc=stage, file=sys.stderr, dynamic_ncols=True,
-                        disable=None)
+            self.bar = tqdm(total=steps, initial=start, desc=stage, file=sys.stderr, dynamic_ncols=True)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -55,6 +58,10 @@ class RunLog:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if log and self.enabled and self.bar is None:  # not a terminal: one plain line per logged step
+            left = elapsed / max(step - self._first_step, 1) * (self._steps - step)
+            print(f"[{stage}] step {step}/{self._steps} loss {loss:.4f} lr {lr:.2e} tok/s "
+                  f"{metrics['tokens_per_s']:.0f} eta {time.strftime('%H:%M:%S', time.gmtime(left))}", flush=True)
         if log:
             self.event(kind="step", stage=stage, step=step, **metrics)
             if self.tensorboard is not None:

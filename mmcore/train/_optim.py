@@ -13,30 +13,19 @@ __all__ = ["build_optimizer", "set_trainable"]
 
 
 def set_trainable(model: Any, manifest: Manifest, stage: StageSpec) -> dict[str, list[str]]:
-    """Freeze everything, then unfreeze the stage's components, its LoRA and bias-norm parameters.
+    """Add the stage's LoRA, freeze everything, then unfreeze what `trainable_names` (the one rule the
+    assembly report and the checkpoint use too) says trains. Returns those names per component."""
+    from mmcore.assembly import apply_stage_lora, trainable_names
 
-    Returns the trainable parameter names per component.
-    """
-    named = model.components()
-    chosen = {q for entry in stage.trainable for q in qualify(manifest, entry)}
-    if stage.lora is not None:
-        lora = stage.lora
-        targets = model.llm.lora_target_names() if lora.targets == "all-linear" else list(lora.targets)
-        model.llm.apply_lora(lora.r, lora.alpha, lora.dropout, targets)
+    apply_stage_lora(model.llm, stage)
+    modules = model.components()
+    names = trainable_names(modules, manifest, stage)
     model.requires_grad_(False)
-    trainable: dict[str, list[str]] = {}
-    for name, module in named.items():
-        names = []
-        for pname, param in module.named_parameters():
-            on = name in chosen
-            on |= name == "llm" and stage.lora is not None and "lora_" in pname
-            on |= name == "llm" and stage.bias_norm and ("bias" in pname or "norm" in pname)
-            param.requires_grad_(on)
-            if on:
-                names.append(pname)
-        if names:
-            trainable[name] = names
-    return trainable
+    for name, found in names.items():
+        wanted = set(found)
+        for pname, param in modules[name].named_parameters():
+            param.requires_grad_(pname in wanted)
+    return names
 
 
 def _schedule(kind: str, warmup: int, total: int) -> Any:

@@ -1,4 +1,9 @@
-"""`mmcore train RUN`: run the manifest's stages in order, checkpointing and resuming."""
+"""`mmcore train RUN`: run the manifest's stages in order, checkpointing and resuming.
+
+A run continues where its checkpoints stand: a stage interrupted mid-way resumes at its step; a finished
+stage whose step count was raised (re-assembled with more `max_steps` or `epochs`) continues from where
+it ended; new stages after the trained ones run; a finished run says so.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,27 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
+from mmcore.assembly._checks import stage_datasets
+from mmcore.data import (
+    Processor,
+    StageData,
+    build_datasets,
+    epoch_order,
+    group_by_modality_length,
+    modality_lengths,
+    rank_batches,
+    stage_order,
+)
 from mmcore.errors import MmcoreError
-from mmcore.kinds import Encoder
 from mmcore.manifest import StageSpec
-from mmcore.pipeline import Pipeline
+from mmcore.run import Run
 from mmcore.train._checkpoint import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
-from mmcore.train._data import StageData, build_datasets, modality_lengths
 from mmcore.train._engine import World, close_world, init_world, make_engine
 from mmcore.train._log import RunLog
-from mmcore.train._mixture import epoch_order, group_by_modality_length, rank_batches, stage_order
 from mmcore.train._optim import build_optimizer, set_trainable
 
 __all__ = ["Trainer", "train"]
@@ -35,53 +48,58 @@ def _batch_plan(stage: StageSpec, world: World) -> tuple[int, int]:
     return stage.batch_size, stage.global_batch_size // per_step
 
 
-def _refuse_imported_adapters(run_dir: Path) -> None:
+def _refuse_imported_adapters(run: Run) -> None:
     """An imported LoRA run keeps its adapters only in RUN/weights, which training would replace."""
     from safetensors import safe_open
 
-    for path in (run_dir / "weights").glob("*.safetensors"):
+    for path in run.weights_dir.glob("*.safetensors"):
         with safe_open(str(path), "pt") as handle:
             if (handle.metadata() or {}).get("subset"):
                 raise MmcoreError(f"{path}: imported adapters that training would replace (it starts from the "
-                                  f"manifest); to train on, `mmcore export {run_dir} OUT --format hf-llava` then "
+                                  f"manifest); to train on, `mmcore export {run.root} OUT --format hf-llava` then "
                                   f"`mmcore import hf-llava OUT -o NEW_RUN` and train NEW_RUN")
+
+
+def _plan_signature(stage: StageSpec, steps: int) -> dict[str, Any]:
+    return {"steps": steps, "max_steps": stage.max_steps, "epochs": stage.epochs}
 
 
 class Trainer:
     """Holds the run's model and state across stages."""
 
-    def __init__(self, run_dir: Path, world: World) -> None:
-        from mmcore.assembly import assemble
-
-        lock_path = run_dir / "assembly.lock"
-        if not lock_path.exists():
-            raise MmcoreError(f"{run_dir}: no assembly.lock; run `mmcore assemble MANIFEST -o {run_dir}` first")
-        lock = json.loads(lock_path.read_text())
-        self.run_dir, self.world = run_dir, world
-        self.assembly = assemble(run_dir / "manifest.toml", device="cpu", base_dir=Path(lock["base_dir"]))
+    def __init__(self, run: Run, world: World) -> None:
+        self.run, self.world = run, world
+        self.run_dir = run.root
+        self.assembly = run.assemble("cpu")
         self.manifest = self.assembly.loaded.manifest
         self.model = self.assembly.model
-        self.pipeline = Pipeline(self.model, self.assembly.max_length, self.assembly.registry,
-                                 self.assembly.loaded.base_dir)
         self.modules = self.model.components()
-        self.log = RunLog(run_dir, world.is_main)
-        self.checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        self.log = RunLog(run.root, world.is_main)
+        self.checkpoint = latest_checkpoint(run.checkpoints_dir)
         if self.checkpoint is None:
-            _refuse_imported_adapters(run_dir)
-        if self.checkpoint is None and world.is_main and any((run_dir / "weights").glob("*.safetensors")):
-            print(f"note: {run_dir / 'weights'} (an earlier run's result or an import) is not where training starts: "
+            _refuse_imported_adapters(run)
+        if self.checkpoint is None and world.is_main and any(run.weights_dir.glob("*.safetensors")):
+            print(f"note: {run.weights_dir} (an earlier run's result or an import) is not where training starts: "
                   f"it starts from the manifest and replaces it; to continue from a model, name its files in the "
                   f"manifest (`weights = ...`, or `mmcore export --format hf-llava` then `mmcore import hf-llava`)",
                   file=sys.stderr)
         self.state = read_state(self.checkpoint) if self.checkpoint else TrainState()
+        self._check_stage_order()
         if self.state.lora:
             self.model.llm.apply_lora(**self.state.lora)
         if self.checkpoint:
             load_checkpoint(self.checkpoint, self.modules)
         self.model.to(world.device)
 
-    def _order(self, stage: StageSpec, index: int, names: list[str], global_batch: int) -> tuple[StageData, int]:
-        datasets = build_datasets(self.assembly, names)
+    def _check_stage_order(self) -> None:
+        done, names = list(self.state.completed), [s.name for s in self.manifest.stages]
+        if names[: len(done)] != done:
+            raise MmcoreError(f"{self.run_dir}: its checkpoints trained stages {done}, but the manifest now has "
+                              f"{names}; the trained stages must stay first and in order — train the new plan in a "
+                              f"new run directory (-o NEW)")
+
+    def _order(self, stage: StageSpec, index: int, global_batch: int) -> tuple[StageData, int]:
+        datasets = build_datasets(self.assembly, stage_datasets(self.manifest, stage))
         sizes = {n: len(d) for n, d in datasets.items()}
         seed = self.manifest.seed * 1000 + index
 
@@ -95,64 +113,77 @@ class Trainer:
                 order = group_by_modality_length(order, lengths, global_batch, seed + e)
             return order
 
+        empty = [n for n, size in sizes.items() if size == 0]
+        if empty:
+            raise MmcoreError(f"stage '{stage.name}': dataset(s) {empty} have no records; check their files in "
+                              f"[data.datasets]")
         order, steps = stage_order(epoch, stage.epochs, stage.max_steps, global_batch)
-        return StageData(self.pipeline, datasets, order, stage.template), steps
+        processor = Processor.for_model(self.model, self.assembly.max_length, self.assembly.templates, stage.preprocess)
+        return StageData(processor, datasets, order, stage.template), steps
 
-    def _save(self, engine: Any = None, mid_stage: bool = False) -> None:
+    def _save(self, engine: Any = None, with_optimizer: bool = False) -> None:
         """Every rank enters (ZeRO-3 gathers, DeepSpeed saves its partitions); the main rank writes."""
-        root = self.run_dir / "checkpoints"
+        root = self.run.checkpoints_dir
         tag = f"ckpt-{self.state.stage_index}-{self.state.step:07d}"
-        torch_optimizer = mid_stage and engine is not None and not engine.is_deepspeed
+        torch_optimizer = with_optimizer and engine is not None and not engine.is_deepspeed
         with engine.gathered() if engine is not None else contextlib.nullcontext():
-            if mid_stage and engine is not None and engine.is_deepspeed:
+            if with_optimizer and engine is not None and engine.is_deepspeed:
                 engine.save_state(root / "deepspeed", tag)
             if self.world.is_main:
                 folder = save_checkpoint(root, self.state, self.modules,
                                          engine.optimizer if torch_optimizer else None,
                                          engine.scheduler if torch_optimizer else None)
-                self.assembly.pm.hook.mmcore_checkpoint_saved(
-                    stage=self.manifest.stages[min(self.state.stage_index, len(self.manifest.stages) - 1)].name,
-                    step=self.state.step, path=str(folder))
+                stage = self.manifest.stages[min(self.state.stage_index, len(self.manifest.stages) - 1)].name
+                self.assembly.pm.hook.mmcore_checkpoint_saved(stage=stage, step=self.state.step, path=str(folder))
         if self.world.size > 1:
             torch.distributed.barrier()
 
-    def run_stage(self, index: int, stage: StageSpec) -> None:
+    def pending(self, index: int, stage: StageSpec) -> tuple[int, int, StageData] | None:
+        """(first step, steps, data) when `stage` has work left, else None."""
+        batch, accum = _batch_plan(stage, self.world)
+        done = self.state.completed.get(stage.name)
+        last = list(self.state.completed)[-1] if self.state.completed else None
+        if done is not None and done == _plan_signature(stage, done["steps"]):
+            return None  # finished with the plan it still has
+        data, steps = self._order(stage, index, batch * self.world.size * accum)
+        if done is not None:
+            if steps <= done["steps"]:
+                return None
+            if stage.name != last:
+                raise MmcoreError(f"stage '{stage.name}' ran {done['steps']} steps and now asks for {steps}, but later "
+                                  f"stages have trained on its result; train the new plan in a new run directory")
+            return done["steps"], steps, data
+        if self.state.stage_index == index and self.state.step > 0 and self.state.stage == stage.name:
+            return self.state.step, steps, data
+        return 0, steps, data
+
+    def run_stage(self, index: int, stage: StageSpec, start: int, steps: int, data: StageData) -> None:
         trainable = set_trainable(self.model, self.manifest, stage)
         for name, names in trainable.items():
             self.state.trained[name] = sorted(set(self.state.trained.get(name, [])) | set(names))
         self.state.lora = getattr(self.model.llm, "lora_config", None)
         self.model.llm.set_gradient_checkpointing(stage.gradient_checkpointing)
         batch, accum = _batch_plan(stage, self.world)
-        global_batch = batch * self.world.size * accum
-        names = stage.datasets or (list(stage.mixture) if isinstance(stage.mixture, dict) else
-                                   list(self.manifest.data.datasets))
-        if not names:
-            raise MmcoreError(f"stage '{stage.name}': no datasets; add [data.datasets.NAME] tables")
-        data, steps = self._order(stage, index, names, global_batch)
         optimizer, scheduler = build_optimizer(self.model, self.manifest, stage, steps)
-        resuming = self.state.stage_index == index and self.state.step > 0 and self.checkpoint is not None
+        resuming = start > 0 and self.checkpoint is not None
         deepspeed = stage.engine.startswith("deepspeed")
-        checkpoint = self.checkpoint
-        if resuming and not deepspeed and checkpoint is not None:
-            load_checkpoint(checkpoint, self.modules, optimizer, scheduler)
-        elif not resuming:
-            self.state.step, self.state.skipped = 0, {}
-        self.state.stage_index, self.state.steps = index, steps
+        if resuming and not deepspeed and self.checkpoint is not None:
+            load_checkpoint(self.checkpoint, self.modules, optimizer, scheduler)
+        if not resuming:
+            self.state.skipped = {}
+        self.state.stage_index, self.state.stage, self.state.step, self.state.steps = index, stage.name, start, steps
+        self.state.completed.pop(stage.name, None)
         engine = make_engine(self.model, optimizer, scheduler, stage, self.world, accum)
-        if resuming and deepspeed and checkpoint is not None:
-            engine.load_state(self.run_dir / "checkpoints" / "deepspeed", checkpoint.name)
+        if resuming and deepspeed and self.checkpoint is not None:
+            engine.load_state(self.run.checkpoints_dir / "deepspeed", self.checkpoint.name)
         if resuming:
-            self.log.event(kind="resume", stage=stage.name, step=self.state.step)
-        restore = {name: cast(Encoder, self.model.encoders[name]).with_preprocessing(**options)
-                   for name, options in stage.preprocess.items()}  # e.g. LLaVA pretrain: square, not pad
-        try:
-            self._loop(stage, data, engine, batch, accum)
-        finally:
-            for name, previous in restore.items():
-                cast(Encoder, self.model.encoders[name]).with_preprocessing(**previous)
+            self.log.event(kind="resume", stage=stage.name, step=start)
+        self._loop(stage, data, engine, batch, accum)
+        self.state.completed[stage.name] = _plan_signature(stage, steps)
         self.state.stage_index, self.state.step = index + 1, 0
         self.engine = engine
-        self._save(engine)
+        self._save(engine, with_optimizer=True)  # a stage given more steps later continues exactly from here
+        self.checkpoint = latest_checkpoint(self.run.checkpoints_dir)
 
     def _loop(self, stage: StageSpec, data: StageData, engine: Any, batch: int, accum: int) -> None:
         from torch.utils.data import DataLoader
@@ -190,44 +221,48 @@ class Trainer:
             self.assembly.pm.hook.mmcore_train_step(stage=stage.name, step=step + 1, metrics=metrics)
             self.state.step = step + 1
             if stage.save_every and self.state.step % stage.save_every == 0 and self.state.step < self.state.steps:
-                self._save(engine, mid_stage=True)
+                self._save(engine, with_optimizer=True)
         self.log.end_stage(stage.name, self.state.skipped)
 
     def finish(self) -> None:
         """Write RUN/weights (every component, whole) for `mmcore.load`, `eval` and `export`."""
-        from mmcore.checkpoint import save_component_weights
-
         engine = getattr(self, "engine", None)
         with engine.gathered() if engine is not None else contextlib.nullcontext():
             if self.world.is_main:
-                save_component_weights(self.modules, self.run_dir / "weights")
-        if not self.world.is_main:
-            return
-        lora = getattr(self.model.llm, "lora_config", None)
-        marker = self.run_dir / "weights" / "lora.json"
-        if lora:
-            marker.write_text(json.dumps(lora))
-        elif marker.exists():
-            marker.unlink()
-        self.log.event(kind="finished", stages=[s.name for s in self.manifest.stages])
+                steps = {name: done["steps"] for name, done in self.state.completed.items()}
+                self.run.write_weights(self.modules, getattr(self.model.llm, "lora_config", None), steps)
+        if self.world.is_main:
+            self.log.event(kind="finished", stages=[s.name for s in self.manifest.stages])
+
+
+def _finished_message(trainer: Trainer) -> str:
+    done = ", ".join(f"{name} {info['steps']} steps" for name, info in trainer.state.completed.items())
+    return (f"{trainer.run_dir}: already trained ({done}); its model is in {trainer.run.weights_dir}. To train more, "
+            f"raise a stage's max_steps or add a stage, then `mmcore assemble MANIFEST -o {trainer.run_dir} --force`")
 
 
 def train(run_dir: str | Path) -> Trainer:
-    """Run (or resume) every stage of RUN's manifest; returns the trainer with the trained model."""
+    """Run (or resume, or continue) the stages of RUN's manifest; returns the trainer with the trained model."""
     world = init_world()
     try:
-        trainer = Trainer(Path(run_dir), world)
-        if not trainer.manifest.stages:
-            raise MmcoreError(f"{run_dir}/manifest.toml: no [[stages]] to train; add one")
-        for index, stage in enumerate(trainer.manifest.stages):
-            if index < trainer.state.stage_index:
-                continue
-            trainer.run_stage(index, stage)
-        trainer.finish()
+        run = Run.open(run_dir)
+        if not run.lock.resolved.get("stages"):
+            raise MmcoreError(f"{run.lock.manifest_source}: no [[stages]] to train; add one and re-assemble")
+        with run.training():
+            trainer = Trainer(run, world)
+            work = [(i, s, trainer.pending(i, s)) for i, s in enumerate(trainer.manifest.stages)]
+            todo = [(i, s, p) for i, s, p in work if p is not None]
+            if not todo and (run.weights_dir / "run.json").is_file():
+                if world.is_main:
+                    print(_finished_message(trainer))
+                return trainer
+            for index, stage, (start, steps, data) in todo:
+                trainer.run_stage(index, stage, start, steps, data)
+            trainer.finish()
         if world.is_main and trainer.manifest.eval.datasets:
             from mmcore.eval import evaluate_run
 
-            results = evaluate_run(trainer.run_dir)  # from RUN/weights, as a user would load them
+            results = evaluate_run(run.root)  # from RUN/weights, as a user would load them
             trainer.log.event(kind="eval", results=results)
             print(json.dumps(results, indent=2))
         return trainer

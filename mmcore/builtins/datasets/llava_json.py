@@ -62,6 +62,10 @@ class LlavaJson(Dataset):
         self.records = records[: max(1, int(len(records) * config.portion))]
 
     @classmethod
+    def data_paths(cls, config: Any) -> dict[str, str]:
+        return {"path": config.path, "image_folder": config.image_folder}
+
+    @classmethod
     def tiny_config(cls) -> dict[str, Any]:
         return {"path": str(Path(__file__).with_name("llava_example.jsonl"))}
 

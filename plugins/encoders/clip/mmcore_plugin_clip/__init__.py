@@ -1,4 +1,4 @@
 """mmcore-plugin-clip: the `clip` encoder."""
 
-MMCORE_API = 1  # the mmcore plugin API this distribution is built for
-__version__ = "0.1.0"
+MMCORE_API = 2  # the mmcore plugin API this distribution is built for
+__version__ = "0.2.0"

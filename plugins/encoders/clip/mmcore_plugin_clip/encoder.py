@@ -14,10 +14,10 @@ import torch
 from pydantic import field_validator, model_validator
 
 from mmcore.errors import MmcoreError
-from mmcore.kinds import BuildContext, ComponentConfig, Encoder, Features, FeatureSpec
-from mmcore.sources import resolve_source
+from mmcore.kinds import BuildContext, ComponentConfig, Encoder, Features, FeatureSpec, MediaView, Viewed
+from mmcore.sources import check_config_table, resolve_source
 
-__all__ = ["ClipEncoder", "ClipEncoderConfig", "expand_to_square"]
+__all__ = ["ClipEncoder", "ClipEncoderConfig", "ClipView", "expand_to_square"]
 
 # OpenAI CLIP normalisation (transformers OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -41,6 +41,10 @@ class ClipEncoderConfig(ComponentConfig):
     def _one_source(self) -> ClipEncoderConfig:
         if (self.source is None) == (self.config is None):
             raise ValueError("give exactly one of `source` (path, preset or hub id) and `config` (a table)")
+        if self.config is not None:  # a typo'd key would otherwise build a default-sized tower in silence
+            from transformers import CLIPVisionConfig
+
+            check_config_table(CLIPVisionConfig, self.config)
         return self
 
     @field_validator("select_layer")
@@ -62,6 +66,25 @@ def expand_to_square(image: Any, color: tuple[int, int, int]) -> Any:
     canvas = Image.new(image.mode, (side, side), color)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
+
+
+class ClipView(MediaView):
+    """CLIP's preprocessing, picklable: LLaVA's pad-to-square (or Honeybee's squash resize), then the
+    CLIPImageProcessor (resize the short side, centre-crop, normalise)."""
+
+    def __init__(self, processor: Any, aspect: str, pad_color: tuple[int, int, int], size: int) -> None:
+        self.processor, self.aspect, self.pad_color, self.size = processor, aspect, pad_color, size
+
+    def __call__(self, item: Any, modality: str) -> Viewed:
+        from PIL import Image
+
+        image = Image.open(item) if isinstance(item, (str, Path)) else item
+        image = image.convert("RGB")
+        if self.aspect == "pad":
+            image = expand_to_square(image, self.pad_color)
+        elif self.aspect == "resize":
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0], {}  # (3, S, S)
 
 
 class ClipEncoder(Encoder):
@@ -100,7 +123,6 @@ class ClipEncoder(Encoder):
         self.image_size = int(hf_config.image_size)
         self.patch_size = int(hf_config.patch_size)
         self._processor_dir: Path | None = source.path if source else None
-        self._processor: Any = None
 
     @classmethod
     def tiny_config(cls) -> dict[str, Any]:
@@ -120,32 +142,20 @@ class ClipEncoder(Encoder):
         return (3, self.image_size, self.image_size)
 
     # --- preprocessing (data-loader workers) -----------------------------------------------------
-    @property
-    def processor(self) -> Any:
-        if self._processor is None:
-            from transformers import CLIPImageProcessor
+    def media_view(self, **preprocessing: Any) -> ClipView:
+        config = self.preprocessing_config(**preprocessing)
+        from transformers import CLIPImageProcessor
 
-            saved = self._processor_dir and (self._processor_dir / "preprocessor_config.json").exists()
-            self._processor = (CLIPImageProcessor.from_pretrained(str(self._processor_dir)) if saved else
-                               CLIPImageProcessor(size={"shortest_edge": self.image_size},
-                                                  crop_size={"height": self.image_size, "width": self.image_size},
-                                                  image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)))
-        return self._processor
-
-    def preprocess(self, item: Any, modality: str) -> torch.Tensor:
-        from PIL import Image
-
-        image = Image.open(item) if isinstance(item, (str, Path)) else item
-        image = image.convert("RGB")
-        if self.config.image_aspect_ratio == "pad":
-            color = self.config.pad_color
-            if color == "mean":  # LLaVA: tuple(int(x * 255) for x in processor.image_mean)
-                color = tuple(int(x * 255) for x in self.processor.image_mean)
-            image = expand_to_square(image, tuple(color))
-        elif self.config.image_aspect_ratio == "resize":
-            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
-        return pixels  # (3, S, S)
+        saved = self._processor_dir is not None and (self._processor_dir / "preprocessor_config.json").exists()
+        processor = (CLIPImageProcessor.from_pretrained(str(self._processor_dir)) if saved else
+                     CLIPImageProcessor(size={"shortest_edge": self.image_size},
+                                        crop_size={"height": self.image_size, "width": self.image_size},
+                                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)))
+        color = config.pad_color
+        if color == "mean":  # LLaVA: tuple(int(x * 255) for x in processor.image_mean)
+            color = tuple(int(x * 255) for x in processor.image_mean)
+        red, green, blue = color
+        return ClipView(processor, config.image_aspect_ratio, (int(red), int(green), int(blue)), self.image_size)
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, media: torch.Tensor, modality: str) -> Features:

@@ -52,20 +52,31 @@ def test_pad_to_square_uses_the_clip_mean_colour() -> None:
     square = expand_to_square(image, (122, 116, 104))
     assert square.size == (40, 40)
     assert square.getpixel((0, 0)) == (122, 116, 104) and square.getpixel((20, 20)) == (255, 0, 0)
-    encoder = _encoder(config=TINY)
-    pixels = encoder.preprocess(image, "image")
+    view = _encoder(config=TINY).media_view()
+    pixels, _ = view(image, "image")
     assert pixels.shape == (3, 28, 28)
     mean_pixel = torch.tensor([122, 116, 104]) / 255.0  # normalises to ≈ 0 in the padded band
-    normalised = (mean_pixel - torch.tensor(encoder.processor.image_mean)) / torch.tensor(encoder.processor.image_std)
+    normalised = (mean_pixel - torch.tensor(view.processor.image_mean)) / torch.tensor(view.processor.image_std)
     assert torch.allclose(pixels[:, 0, 14], normalised.float(), atol=0.02)
 
 
 def test_square_mode_skips_padding() -> None:
     """image_aspect_ratio = "square" (LLaVA pretraining) resizes and centre-crops without padding."""
     image = Image.new("RGB", (40, 20), (255, 0, 0))
-    pixels = _encoder(config=TINY, image_aspect_ratio="square").preprocess(image, "image")
+    pixels, _ = _encoder(config=TINY, image_aspect_ratio="square").media_view()(image, "image")
     red = (1.0 - 0.48145466) / 0.26862954
     assert torch.allclose(pixels[0], torch.full((28, 28), red), atol=0.02)
+
+
+def test_view_is_picklable_and_takes_stage_overrides() -> None:
+    """The view pickles (data-loader workers) and a stage's override changes it, not the encoder."""
+    import pickle
+
+    encoder = _encoder(config=TINY)
+    view = pickle.loads(pickle.dumps(encoder.media_view(image_aspect_ratio="square")))
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    assert torch.equal(view(image, "image")[0], encoder.media_view(image_aspect_ratio="square")(image, "image")[0])
+    assert encoder.config.image_aspect_ratio == "pad" and view.aspect == "square"
 
 
 def test_preset_builds_on_meta_without_weights() -> None:

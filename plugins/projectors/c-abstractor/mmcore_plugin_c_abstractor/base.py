@@ -1,15 +1,16 @@
-"""What Honeybee's projectors share (`honeybee/projectors/projectors.py::Projector`, upstream-systems.md §2.2).
+"""What Honeybee's projectors share (`honeybee/projectors/projectors.py`, upstream-systems.md §2.2).
 
-forward: `x = prenorm(x)`; `x = x + pos_emb`; `x = _forward(x)`; append `eos_tokens`. Parameter names
-(`pos_emb`, `prenorm`, `eos_tokens`) are Honeybee's, so `abstractor.*` checkpoint keys load as they are.
-The D-Abstractor distribution builds on this class too.
+Honeybee's `Projector` base (projectors.py:56-103) runs `x = prenorm(x)`; `x += pos_emb`; `x = _forward(x)`;
+append `eos_tokens`. Parameter names (`pos_emb`, `prenorm`, `eos_tokens`) are Honeybee's, so `abstractor.*`
+checkpoint keys load as they are. The D-Abstractor distribution builds on this class too, but places its
+own position embedding and eos tokens (`projector_embeddings = False`), as upstream's `DAbstractor` is no
+`Projector` (dabs.py:15).
 """
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, field_validator
@@ -18,7 +19,7 @@ from torch import nn
 from mmcore.errors import MmcoreError
 from mmcore.kinds import BuildContext, ComponentConfig, Features, Projector
 
-__all__ = ["HoneybeeProjector", "HoneybeeProjectorConfig", "build_mlp"]
+__all__ = ["HoneybeeProjector", "HoneybeeProjectorConfig", "build_eos_tokens", "build_mlp", "build_pos_emb"]
 
 
 def build_mlp(depth: int, in_dim: int, out_dim: int, device: Any = None) -> nn.Sequential:
@@ -28,6 +29,21 @@ def build_mlp(depth: int, in_dim: int, out_dim: int, device: Any = None) -> nn.S
     for _ in range(depth - 1):
         layers += [nn.SiLU(), nn.Linear(out_dim, out_dim, device=device)]
     return nn.Sequential(*layers)
+
+
+def build_pos_emb(num_tokens: int, width: int, device: Any = None) -> nn.Parameter:
+    """Honeybee `build_pos_embeds` (projectors.py:15-25): (1, L, width), trunc-normal with std 0.02."""
+    pos_emb = nn.Parameter(torch.zeros(1, num_tokens, width, device=device))
+    nn.init.trunc_normal_(pos_emb, mean=0.0, std=0.02)
+    return pos_emb
+
+
+def build_eos_tokens(count: int, width: int, std: float, device: Any = None) -> nn.Parameter:
+    """Honeybee `build_eos_tokens` (projectors.py:28-37): (1, E, width), trunc-normal with std
+    `initializer_range`."""
+    eos_tokens = nn.Parameter(torch.zeros(1, count, width, device=device))
+    nn.init.trunc_normal_(eos_tokens, mean=0.0, std=std)
+    return eos_tokens
 
 
 class HoneybeeProjectorConfig(ComponentConfig):
@@ -50,9 +66,14 @@ class HoneybeeProjectorConfig(ComponentConfig):
 
 
 class HoneybeeProjector(Projector):
-    """Base of the C- and D-Abstractor: prenorm, input position embedding, eos tokens."""
+    """Base of the C- and D-Abstractor: grid check, prenorm, and (Honeybee's `Projector`) the input position
+    embedding and eos tokens around `abstract`."""
 
     requires_grid = True
+    # True: `pos_emb` at the encoder width before `abstract`, `eos_tokens` at the LLM width after it, as
+    # Honeybee's `Projector` (projectors.py:69-74, 93-100). False: the subclass builds and places its own and
+    # overrides `forward` (the D-Abstractor: `v_pos_emb` and `eos_tokens` at d_model, dabs.py:68-71).
+    projector_embeddings: ClassVar[bool] = True
     pos_emb: nn.Parameter | None
     eos_tokens: nn.Parameter | None
 
@@ -65,14 +86,12 @@ class HoneybeeProjector(Projector):
         self.side = math.isqrt(config.num_queries)
         width, device = self.input_spec.dim, ctx.device
         self.prenorm = self._layer_norm(width, device) if config.prenorm else None
-        self.pos_emb = None
-        if config.pos_emb:
-            self.pos_emb = nn.Parameter(torch.zeros(1, self.input_spec.num_tokens, width, device=device))
-            nn.init.trunc_normal_(self.pos_emb, mean=0.0, std=0.02)
-        self.eos_tokens = None
-        if config.num_eos_tokens:
-            self.eos_tokens = nn.Parameter(torch.zeros(1, config.num_eos_tokens, self.output_dim, device=device))
-            nn.init.trunc_normal_(self.eos_tokens, mean=0.0, std=config.initializer_range)
+        self.pos_emb = self.eos_tokens = None
+        if self.projector_embeddings and config.pos_emb:
+            self.pos_emb = build_pos_emb(self.input_spec.num_tokens, width, device)
+        if self.projector_embeddings and config.num_eos_tokens:
+            self.eos_tokens = build_eos_tokens(config.num_eos_tokens, self.output_dim, config.initializer_range,
+                                               device)
 
     @staticmethod
     def _layer_norm(width: int, device: Any) -> nn.Module:
@@ -89,19 +108,21 @@ class HoneybeeProjector(Projector):
         if self.prenorm is not None:
             x = self.prenorm(x)
         if self.pos_emb is not None:
-            x = x + self.pos_emb
+            x = x + self.pos_emb  # Honeybee adds in place (`x += pos_emb`); same values, the input kept
         x = self.abstract(x, features)  # (B, M, D_llm)
         if self.eos_tokens is not None:
             x = torch.cat([x, self.eos_tokens.expand(x.shape[0], -1, -1)], dim=1)
         return x
 
-    @abstractmethod
     def abstract(self, x: torch.Tensor, features: Features) -> torch.Tensor:
-        """Honeybee's `_forward`: (B, L, C) after prenorm and position embedding → (B, M, D_llm)."""
+        """Honeybee's `_forward`: (B, L, C) after prenorm and position embedding → (B, M, D_llm). Every
+        subclass that keeps the base `forward` implements it (upstream raises NotImplementedError too,
+        projectors.py:81-82)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps HoneybeeProjector.forward but has no abstract()")
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Honeybee checkpoints: keys under `abstractor.`; an old `pos_emb` with one extra (CLS) slot
-        loses it, as Honeybee's `_load_from_state_dict` does."""
+        loses it, as Honeybee's `_load_from_state_dict` does (projectors.py:105-112)."""
         if any(k.startswith("abstractor.") for k in state):
             state = {k.removeprefix("abstractor."): v for k, v in state.items() if k.startswith("abstractor.")}
         pos = state.get("pos_emb")

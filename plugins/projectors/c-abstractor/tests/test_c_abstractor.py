@@ -111,11 +111,12 @@ def test_tiny_c_abstractor_trains_on_packed_honeybee_data(tmp_path: Path) -> Non
     """A tiny C-Abstractor model trains on multi-turn packed synthetic-shapes with the honeybee template."""
     import json
 
-    from mmcore.assembly import assemble, write_lock
+    from mmcore.assembly import assemble
+    from mmcore.run import Run
     from mmcore.train import train
 
     (tmp_path / "m.toml").write_text(_manifest(4, "patch") + TRAIN)
-    write_lock(assemble(tmp_path / "m.toml"), tmp_path / "run")
+    Run.create(tmp_path / "run", assemble(tmp_path / "m.toml"))
     before = {k: v.clone() for k, v in assemble(tmp_path / "m.toml", device="cpu").model.projectors["vision"]
               .state_dict().items()}
     trainer = train(tmp_path / "run")

@@ -45,11 +45,43 @@ def test_reference_points_start_on_a_uniform_grid_and_learn() -> None:
 
 @pytest.mark.parametrize("mode", ["query", "tgt", "none"])
 def test_query_modes(mode: str) -> None:
-    """Every pooled_v_target mode gives (B, M, D_llm); "query" learns the target, pools the position."""
+    """Every pooled_v_target mode gives (B, M, D_llm) from one `query_position_embeddings` (2·d_model in
+    "none")."""
     model = _build(pooled_v_target=mode)
     out = model(Features(tokens=torch.randn(3, 16, 8), grid=(4, 4)))
     assert out.shape == (3, 4, 12)
-    assert (model.query is None) == (mode == "tgt") and (model.query_pos is None) == (mode != "tgt")
+    assert model.query_position_embeddings.weight.shape == (4, 32 if mode == "none" else 16)
+
+
+def test_v_pos_emb_and_eos_tokens_are_d_model_wide_and_eos_pass_output_proj() -> None:
+    """v_pos_emb (1, L, d_model) replaces the encoder-wide pos_emb; eos tokens are d_model wide and leave
+    through output_proj (dabs.py:67-71, 359-364)."""
+    model = _build(num_eos_tokens=2).eval()
+    assert model.v_pos_emb is not None and model.v_pos_emb.shape == (1, 16, 16)
+    assert model.eos_tokens is not None and model.eos_tokens.shape == (1, 2, 16)
+    assert "pos_emb" not in model.state_dict() and model.num_tokens == 6
+    out = model(Features(tokens=torch.randn(3, 16, 8), grid=(4, 4)))
+    assert out.shape == (3, 6, 12)
+    assert torch.allclose(out[:, 4:], model.output_proj(model.eos_tokens).expand(3, -1, -1))
+    assert _build(pos_emb=False).v_pos_emb is None
+
+
+def test_memory_is_input_proj_then_v_pos_emb_then_level_emb() -> None:
+    """The decoder attends to input_proj(level) + v_pos_emb + level_emb[level], levels concatenated
+    (Honeybee `_process_v_features`, dabs.py:249-270)."""
+    model = _build(levels=2).eval()
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, torch.Tensor]) -> None:
+        seen["memory"] = kwargs["encoder_hidden_states"]
+
+    model.layers[0].encoder_attn.register_forward_pre_hook(keep, with_kwargs=True)
+    levels = (torch.randn(2, 16, 8), torch.randn(2, 16, 8))
+    model(Features(tokens=torch.randn(2, 16, 8), grid=(4, 4), levels=levels))
+    assert model.v_pos_emb is not None and model.level_emb is not None
+    expected = torch.cat([model.input_proj[i](level) + model.v_pos_emb + model.level_emb[:, i]
+                          for i, level in enumerate(levels)], dim=1)
+    assert torch.allclose(seen["memory"], expected)
 
 
 def test_multi_level_features() -> None:
@@ -114,11 +146,12 @@ lr = 1e-3
 
 def test_tiny_d_abstractor_trains_in_bf16_with_two_levels(tmp_path: Path) -> None:
     """A tiny model with a two-level D-Abstractor trains a bf16 stage; its weights stay fp32 and move."""
-    from mmcore.assembly import assemble, write_lock
+    from mmcore.assembly import assemble
+    from mmcore.run import Run
     from mmcore.train import train
 
     (tmp_path / "m.toml").write_text(_manifest())
-    write_lock(assemble(tmp_path / "m.toml"), tmp_path / "run")
+    Run.create(tmp_path / "run", assemble(tmp_path / "m.toml"))
     trainer = train(tmp_path / "run")
     projector = trainer.model.projectors["vision"]
     assert projector.levels == 2 and projector.reference_points.dtype == torch.float32

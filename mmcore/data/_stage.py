@@ -1,4 +1,4 @@
-"""Loading a stage's samples in DataLoader workers: dataset → preprocessing → sequence building.
+"""A stage's samples in data-loader workers: global position → dataset record → `Processor` → `Batch`.
 
 A bad record never stops an epoch: it becomes a `Skipped` marker counted by reason (unless the data
 is `strict`, where the trainer stops and names the record).
@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
+from mmcore.data._mixture import Item
+from mmcore.data._processor import Prepared, Processor
 from mmcore.errors import SampleError
 from mmcore.kinds import BuildContext, Dataset, Sample
-from mmcore.pipeline import Pipeline
-from mmcore.sequence import Batch, Encoded, collate
-from mmcore.train._mixture import Item
+from mmcore.sequence import Batch
 
-__all__ = ["LoadedBatch", "Skipped", "StageData", "build_datasets"]
+__all__ = ["LoadedBatch", "Skipped", "StageData", "build_datasets", "modality_lengths"]
 
 
 @dataclass
@@ -48,17 +48,17 @@ def build_datasets(assembly: Any, names: list[str]) -> dict[str, Dataset]:
         ctx = BuildContext(name=name, base_dir=assembly.loaded.base_dir, tokenizer=assembly.model.llm.tokenizer)
         built[name], _ = build_component(site, assembly.registry, "dataset", spec, ctx)
         if spec.pack_turns:
-            from mmcore.train._packing import PackedDataset
+            from mmcore.data._packing import PackedDataset
 
             built[name] = PackedDataset(built[name], spec.pack_turns, spec.dedup, assembly.loaded.manifest.seed)
     return built
 
 
 class StageData(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """Global position → encoded sample (or Skipped). Runs in DataLoader workers."""
+    """Global position → prepared sample (or Skipped). Runs in DataLoader workers."""
 
-    def __init__(self, pipeline: Pipeline, datasets: dict[str, Dataset], order: list[Item], template: str) -> None:
-        self.pipeline = pipeline
+    def __init__(self, processor: Processor, datasets: dict[str, Dataset], order: list[Item], template: str) -> None:
+        self.processor = processor
         self.datasets = datasets
         self.order = order
         self.template = template
@@ -70,25 +70,21 @@ class StageData(torch.utils.data.Dataset):  # type: ignore[type-arg]
         name, index = self.order[position]
         return self.datasets[name][index]
 
-    def __getitem__(self, position: int) -> tuple[Encoded, dict[str, list[torch.Tensor]], dict[str, Any]] | Skipped:
+    def __getitem__(self, position: int) -> Prepared | Skipped:
         try:
-            sample = self.sample(position)
-            encoded = self.pipeline.encode(sample, self.template, train=True)
-            return encoded, self.pipeline.preprocess(sample), sample.targets
+            return self.processor.prepare(self.sample(position), self.template, train=True)
         except SampleError as err:
             name, index = self.order[position]
             return Skipped(err.reason, f"dataset '{name}' record {index}: {err}")
 
-    def collate(self, items: list[Any]) -> LoadedBatch:
-        good = [i for i in items if not isinstance(i, Skipped)]
+    def collate(self, items: list[Prepared | Skipped]) -> LoadedBatch:
+        good = [i for i in items if isinstance(i, Prepared)]
         bad = [i for i in items if isinstance(i, Skipped)]
         skipped = Counter(b.reason for b in bad)
         first = bad[0].message if bad else None
         if not good:
             return LoadedBatch(None, skipped, first)
-        builder, model = self.pipeline.builder, self.pipeline.model
-        batch = collate(builder, [g[0] for g in good], [g[1] for g in good], model.modality_order, "right",
-                        [g[2] for g in good])
+        batch = self.processor.collate(good, train=True)
         return LoadedBatch(batch, skipped, first, int(batch.attention_mask.sum()))
 
 
