@@ -217,3 +217,37 @@ def test_min_shapes_makes_every_spatial_question_real() -> None:
     sample = position[0]
     assert "half of the image?" in sample.conversation[0].text
     assert {position[i].conversation[1].text for i in range(40)} == {"left", "right", "top", "bottom"}
+
+
+def test_processor_is_picklable_and_prepares_the_same_batch(tiny_pipeline: Any, images: list[Path]) -> None:
+    """The one data path pickles (data-loader workers under spawn) and prepares identical tensors after."""
+    import pickle
+
+    import torch
+
+    from mmcore.kinds import Sample, Turn
+
+    processor = tiny_pipeline.processor
+    samples = [Sample(f"s{i}", [Turn("user", "<image>\nColour?"), Turn("assistant", "red")], {"image": [image]})
+               for i, image in enumerate(images)]
+    copy = pickle.loads(pickle.dumps(processor))
+    first, second = processor.batch(samples, "vicuna_v1", train=True), copy.batch(samples, "vicuna_v1", train=True)
+    assert torch.equal(first.input_ids, second.input_ids) and torch.equal(first.labels, second.labels)
+    assert torch.equal(first.media["image"].views["encoders.vision"], second.media["image"].views["encoders.vision"])
+
+
+def test_a_spawned_worker_prepares_training_batches(tiny_pipeline: Any) -> None:
+    """A stage's data runs in a spawned data-loader worker (no fork-inherited model): same batch as in-process."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mmcore.builtins.datasets.shapes import ShapesConfig, SyntheticShapes
+    from mmcore.data import StageData
+    from mmcore.kinds import BuildContext
+
+    dataset = SyntheticShapes(ShapesConfig(size=4, image_size=28, tasks=["caption"]), BuildContext(name="c"))
+    data = StageData(tiny_pipeline.processor, {"c": dataset}, [("c", i) for i in range(4)], "plain")
+    spawned = DataLoader(data, batch_size=4, collate_fn=data.collate, num_workers=1, multiprocessing_context="spawn")
+    batch = next(iter(spawned)).batch
+    local = data.collate([data[i] for i in range(4)]).batch
+    assert batch is not None and local is not None and torch.equal(batch.input_ids, local.input_ids)

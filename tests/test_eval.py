@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,46 @@ def test_eval_cli_writes_reports(tiny_pipeline: Any, tiny_model_text: str, tmp_p
     assert len((report / "answers.jsonl").read_text().splitlines()) == 3
     assert main(["eval", str(tmp_path / "run"), "--data", "vall"]) == 2
     assert "did you mean 'val'" in capsys.readouterr().err
+
+
+def test_eval_limit_never_overwrites_full_metrics(tiny_model_text: str, tmp_path: Path) -> None:
+    """`--limit N` writes NAME.limitN/ and metrics.limitN.json beside the full evaluation's files."""
+    from mmcore.assembly import assemble
+    from mmcore.cli import main
+    from mmcore.run import Run
+
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(tiny_model_text + '\n[data.datasets.val]\ntype = "synthetic-shapes"\nsplit = "val"\n'
+                        'size = 4\nimage_size = 28\ntasks = ["vqa/shape"]\n')
+    run = Run.create(tmp_path / "run", assemble(manifest)).root
+    assert main(["eval", str(run), "--data", "val", "--max-new-tokens", "2"]) == 0
+    full = (run / "eval" / "metrics.json").read_text()
+    assert main(["eval", str(run), "--data", "val", "--max-new-tokens", "2", "--limit", "2"]) == 0
+    assert (run / "eval" / "metrics.json").read_text() == full
+    assert json.loads((run / "eval" / "metrics.limit2.json").read_text())["val"]["samples"] == 2
+    assert len((run / "eval" / "val.limit2" / "answers.jsonl").read_text().splitlines()) == 2
+
+
+def test_eval_data_file_with_image_folder_counts_bad_records(tiny_model_text: str, tmp_path: Path) -> None:
+    """`--data FILE --image-folder DIR` reads images from DIR; a record that cannot be read is skipped and
+    counted by reason, never the end of the evaluation."""
+    from PIL import Image
+
+    from mmcore.assembly import assemble
+    from mmcore.cli import main
+    from mmcore.run import Run
+
+    images = tmp_path / "pictures"
+    images.mkdir()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(images / "red.png")
+    record = {"image": "red.png", "conversations": [{"from": "human", "value": "<image>\nColour?"},
+                                                    {"from": "gpt", "value": "red"}]}
+    data = tmp_path / "questions.jsonl"
+    data.write_text("\n".join(json.dumps({**record, "id": i}) for i in range(2)) + "\n" +
+                    json.dumps({**record, "id": "gone", "image": "missing.png"}) + "\n")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(tiny_model_text)
+    run = Run.create(tmp_path / "run", assemble(manifest)).root
+    assert main(["eval", str(run), "--data", str(data), "--image-folder", str(images), "--max-new-tokens", "2"]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())[str(data)]
+    assert metrics["samples"] == 2 and metrics["skipped"] == {"missing-media": 1}
