@@ -251,3 +251,39 @@ def test_a_spawned_worker_prepares_training_batches(tiny_pipeline: Any) -> None:
     batch = next(iter(spawned)).batch
     local = data.collate([data[i] for i in range(4)]).batch
     assert batch is not None and local is not None and torch.equal(batch.input_ids, local.input_ids)
+
+
+def test_a_head_with_its_own_view_gets_its_tensors_and_metadata(tiny_pipeline: Any, images: list[Path]) -> None:
+    """A head that declares a view of the image (SAM's padded copy) gets its own tensors and each item's
+    metadata (sizes) in the batch, next to the encoder's view of the same items."""
+    import torch
+
+    from mmcore.data import Processor
+    from mmcore.kinds import BuildContext, Head, HeadConfig, HeadOutput, MediaView, Sample, Turn
+    from mmcore.model import MultimodalModel
+
+    class PaddedView(MediaView):
+        def __call__(self, item: Any, modality: str) -> Any:
+            from PIL import Image
+
+            image = Image.open(item)
+            return torch.zeros(3, 16, 16), {"original_size": image.size[::-1]}
+
+    class ViewingHead(Head):
+        view_modalities: ClassVar[tuple[str, ...]] = ("image",)
+
+        def media_view(self, **preprocessing: Any) -> MediaView:
+            return PaddedView()
+
+        def forward(self, hidden: Any, sample_index: Any, media: Any, targets: Any) -> HeadOutput:
+            return HeadOutput(predictions=None)
+
+    base = tiny_pipeline.model
+    head = ViewingHead(HeadConfig(trigger_token="[SEG]"), BuildContext(name="seg", llm_hidden_size=48))
+    model = MultimodalModel(base.llm, dict(base.encoders), dict(base.projectors), {"image": "vision"}, {"seg": head})
+    processor = Processor.for_model(model, 256, tiny_pipeline.processor.templates)
+    samples = [Sample(f"s{i}", [Turn("user", "<image>\nq"), Turn("assistant", "a")], {"image": [image]})
+               for i, image in enumerate(images[:2])]
+    media = processor.batch(samples, "plain", train=True).media["image"]
+    assert set(media.views) == {"encoders.vision", "heads.seg"} and media.views["heads.seg"].shape == (2, 3, 16, 16)
+    assert media.meta["heads.seg"] == [{"original_size": (20, 40)}, {"original_size": (40, 20)}]

@@ -71,7 +71,7 @@ CASES = [
      ["remove 'llm' from trainable"]),
     ("stage-without-data", GOOD + STAGE, ["[[stages]] #1 datasets", "draws from no dataset"]),
     ("stage-name-not-a-file-name", GOOD + DATA + STAGE.replace('"a"', '"../../x"'),
-     ["[stages.#1] name", "'../../x' cannot name a file"]),
+     ["[[stages]] #1 name", "'../../x' cannot name a file"]),
     ("stage-preset-mixture-lacks-datasets", GOOD + DATA + STAGE + 'mixture = "honeybee-finetune"\n',
      ["'honeybee-finetune' weighs datasets", "lacks"]),
     ("dataset-typo-type", GOOD + DATA.replace('"synthetic-shapes"', '"synthetic-shape"') + STAGE,

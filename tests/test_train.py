@@ -311,7 +311,7 @@ def test_stage_preprocessing_override_is_checked(make_run: Any) -> None:
     """An unknown encoder or a non-preprocessing option in `[stages.preprocess]` is a manifest error."""
     from mmcore.errors import ManifestError
 
-    with pytest.raises(ManifestError, match=r"preprocess names encoder 'visoin'.*did you mean 'vision'"):
+    with pytest.raises(ManifestError, match=r"preprocess.visoin names encoder 'visoin'.*did you mean 'vision'"):
         make_run(extra='[stages.preprocess.visoin]\nimage_aspect_ratio = "square"')
     with pytest.raises(ManifestError, match=r"\['select_layer'\] cannot change per stage"):
         make_run(name="r2", extra="[stages.preprocess.vision]\nselect_layer = -1")

@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 
 from mmcore.assembly._build import ComponentSite, Planned, construct, plan_component
-from mmcore.assembly._checks import check_data, check_stage_modules
+from mmcore.assembly._checks import check_data, check_stage_preprocess
 from mmcore.assembly._params import count, stage_counts
 from mmcore.errors import ManifestError
 from mmcore.kinds import AdapterProjector, BuildContext, ComponentConfig, Template
@@ -133,6 +133,7 @@ def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | to
     """
     plan = _plan(loaded, registry)
     notes = check_data(loaded, registry, require_data)
+    check_stage_preprocess(loaded, plan)
     device = torch.device(device)
     if device.type != "meta":
         torch.manual_seed(loaded.manifest.seed)  # random-init components are reproducible
@@ -155,7 +156,6 @@ def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | to
     named = [s.template for s in loaded.manifest.stages] + [loaded.manifest.eval.template or ""]
     for name in dict.fromkeys(n for n in named if n):
         assembly.template(name)
-    check_stage_modules(loaded, assembly.model)
     if device.type == "meta":
         for index, stage in enumerate(loaded.manifest.stages):
             try:

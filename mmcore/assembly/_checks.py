@@ -12,7 +12,7 @@ from mmcore.errors import MmcoreError, PluginError, choices_text, did_you_mean
 from mmcore.manifest import LoadedManifest, StageSpec
 from mmcore.registry import Registry
 
-__all__ = ["check_data", "check_stage_modules", "stage_datasets"]
+__all__ = ["check_data", "check_stage_preprocess", "stage_datasets"]
 
 
 def stage_datasets(manifest: Any, stage: StageSpec) -> list[str]:
@@ -80,20 +80,24 @@ def check_data(loaded: LoadedManifest, registry: Registry, require_files: bool) 
     return notes
 
 
-def check_stage_modules(loaded: LoadedManifest, model: Any) -> None:
-    """Per-stage preprocessing overrides: a known encoder, options it lets a stage change, valid values."""
+def check_stage_preprocess(loaded: LoadedManifest, plan: dict[str, Any]) -> None:
+    """Per-stage preprocessing overrides: a known encoder, options it lets a stage change, valid values —
+    checked on the planned encoders, before any module is built."""
+    encoders = {q.split(".", 1)[1]: p for q, p in plan.items() if q.startswith("encoders.")}
     for index, stage in enumerate(loaded.manifest.stages):
         site = ComponentSite(loaded, ("stages", index))
         for encoder_name, options in stage.preprocess.items():
-            if encoder_name not in model.encoders:
-                names = list(model.encoders)
-                raise site.error(f"preprocess names encoder '{encoder_name}'{did_you_mean(encoder_name, names)}; "
-                                 f"encoders: {choices_text(names)}", "preprocess")
+            key = f"preprocess.{encoder_name}"
+            if encoder_name not in encoders:
+                names = list(encoders)
+                raise site.error(f"names encoder '{encoder_name}'{did_you_mean(encoder_name, names)}; "
+                                 f"encoders: {choices_text(names)}", key)
+            planned = encoders[encoder_name]
             try:
-                model.encoders[encoder_name].preprocessing_config(**options)
+                planned.resolved.cls.check_preprocessing(planned.config, **options)
             except ValidationError as err:
                 first = err.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
-                raise site.error(f"preprocess.{encoder_name}: {where}: {first['msg']}", "preprocess") from None
+                raise site.error(f"{where}: {first['msg']}", key) from None
             except MmcoreError as err:
-                raise site.error(f"preprocess.{encoder_name}: {err}", "preprocess") from None
+                raise site.error(str(err), key) from None

@@ -37,13 +37,19 @@ class Encoder(Component):
     # Config fields that only change `media_view`; a stage may override them (`[stages.preprocess.NAME]`).
     preprocessing_fields: ClassVar[tuple[str, ...]] = ()
 
-    def preprocessing_config(self, **options: Any) -> Any:
-        """This encoder's Config with a stage's preprocessing overrides applied and validated."""
-        unknown = sorted(set(options) - set(self.preprocessing_fields))
+    @classmethod
+    def check_preprocessing(cls, config: Any, **options: Any) -> Any:
+        """`config` with a stage's preprocessing overrides applied and validated (no instance needed, so
+        assembly checks `[stages.preprocess.NAME]` before building anything)."""
+        unknown = sorted(set(options) - set(cls.preprocessing_fields))
         if unknown:
             raise MmcoreError(f"{unknown} cannot change per stage; preprocessing options of "
-                              f"{type(self).__name__}: {list(self.preprocessing_fields) or 'none'}")
-        return type(self.config).model_validate({**self.config.model_dump(), **options})
+                              f"{cls.__name__}: {list(cls.preprocessing_fields) or 'none'}")
+        return type(config).model_validate({**config.model_dump(), **options})
+
+    def preprocessing_config(self, **options: Any) -> Any:
+        """This encoder's Config with a stage's preprocessing overrides applied and validated."""
+        return self.check_preprocessing(self.config, **options)
 
     @property
     @abstractmethod

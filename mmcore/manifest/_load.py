@@ -42,7 +42,11 @@ class LoadedManifest:
 
 
 def _table_and_key(loc: tuple[str | int, ...]) -> str:
-    *table, key = [str(p) if isinstance(p, str) else f"#{p + 1}" for p in loc] or ["(top)"]
+    """("model", "llm", "type") → "[model.llm] type"; ("stages", 0, "lora", "r") → "[[stages]] #1 lora.r"."""
+    if len(loc) >= 2 and isinstance(loc[1], int):  # an entry of an array of tables
+        rest = ".".join(str(p) for p in loc[2:])
+        return f"[[{loc[0]}]] #{loc[1] + 1}" + (f" {rest}" if rest else "")
+    *table, key = [str(p) for p in loc] or ["(top)"]
     return f"[{'.'.join(table)}] {key}" if table else f"{key}"
 
 
@@ -87,7 +91,9 @@ def _explain(error: Any) -> str:
         return str(error["msg"]).removeprefix("Value error, ")
     got = error.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a table"
-    return f"{error['msg'].lower()} (got {shown})"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):  # pydantic would name our classes
+        return f"must be a table (got {shown})"
+    return f"{error['msg']} (got {shown})"
 
 
 def _hint(loc: tuple[str | int, ...], kind: str) -> str:

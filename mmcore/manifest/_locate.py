@@ -16,6 +16,17 @@ def _split_key(raw: str) -> list[str]:
     return [part.strip().strip("\"'") for part in raw.split(".")]
 
 
+def _in_arrays(parts: Path, array_counts: dict[Path, int]) -> Path:
+    """A header inside an array of tables ([stages.lora] after [[stages]]) names the array's last entry:
+    ("stages", "lora") → ("stages", 1, "lora")."""
+    out: list[str | int] = []
+    for position, part in enumerate(parts):
+        out.append(part)
+        if position < len(parts) - 1 and tuple(out) in array_counts:
+            out.append(array_counts[tuple(out)])
+    return tuple(out)
+
+
 def key_lines(text: str) -> dict[Path, int]:
     """Map each table and key path (array tables indexed) to its 1-based line number."""
     lines: dict[Path, int] = {}
@@ -24,7 +35,7 @@ def key_lines(text: str) -> dict[Path, int]:
     for number, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
-            parts = tuple(_split_key(header.group(2)))
+            parts = _in_arrays(tuple(_split_key(header.group(2))), array_counts)
             if header.group(1) == "[[":
                 index = array_counts.get(parts, -1) + 1
                 array_counts[parts] = index
