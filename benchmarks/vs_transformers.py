@@ -115,8 +115,8 @@ def main() -> None:
     train_batch = pipeline.processor.batch(samples(train=True), "plain", train=True).to(device)
     assert train_batch.input_ids.shape == (BATCH, SEQUENCE), train_batch.input_ids.shape
     hf_ids = train_batch.input_ids.masked_fill(train_batch.media_token_index >= 0, image_token)
-    pixels = train_batch.media["image"].to(dtype)
-    train_batch.media["image"] = pixels
+    views = train_batch.media["image"].views
+    pixels = views["encoders.vision"] = views["encoders.vision"].to(dtype)
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
                   for name, m in (("mmcore", ours), ("transformers", theirs))}
 
@@ -132,7 +132,8 @@ def main() -> None:
         optimizers["transformers"].zero_grad(set_to_none=True)
 
     gen_batch = pipeline.processor.batch(samples(train=False), "vicuna_v1", train=False).to(device)
-    gen_batch.media["image"] = gen_batch.media["image"].to(dtype)
+    gen_views = gen_batch.media["image"].views
+    gen_pixels = gen_views["encoders.vision"] = gen_views["encoders.vision"].to(dtype)
     gen_ids = gen_batch.input_ids.masked_fill(gen_batch.media_token_index >= 0, image_token)
     options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
 
@@ -141,7 +142,7 @@ def main() -> None:
 
     def gen_theirs() -> torch.Tensor:
         return theirs.generate(input_ids=gen_ids, attention_mask=gen_batch.attention_mask,
-                               pixel_values=gen_batch.media["image"], pad_token_id=0, eos_token_id=2,
+                               pixel_values=gen_pixels, pad_token_id=0, eos_token_id=2,
                                **options)[:, gen_ids.shape[1]:]
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
