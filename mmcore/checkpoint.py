@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -42,10 +43,19 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _refusal(err: BaseException) -> str:
+    """The reason in torch's weights_only refusal, as one plain sentence (no ANSI codes, no advice to unpickle)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text, re.S)
+    reason = match.group(1) if match else (text.strip().splitlines() or [type(err).__name__])[0]
+    return " ".join(reason.split()).rstrip(".")
+
+
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors, or from a torch pickle read with `weights_only=True` only
     (LLaVA's `mm_projector.bin`, `non_lora_trainables.bin`, `adapter_model.bin`)."""
     import pickle
+    import warnings
 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -53,13 +63,16 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MmcoreError(f"weights {path}: not loadable with weights_only=True ({first[:160]}); mmcore never "
-                          f"unpickles arbitrary objects: convert it to safetensors where you trust it") from None
-    except (SafetensorError, OSError, EOFError, ValueError) as err:
-        raise MmcoreError(f"weights {path}: cannot be read ({err}); re-download or re-save it") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the verdict is ours
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise MmcoreError(f"weights {path}: refused by torch.load(weights_only=True): it holds more than tensors "
+                          f"({_refusal(err)}); mmcore never unpickles arbitrary objects — convert it to safetensors "
+                          f"where you trust it") from None
+    except (SafetensorError, OSError, EOFError, ValueError, RuntimeError) as err:
+        first = " ".join((str(err).strip().splitlines() or [type(err).__name__])[0].split())
+        raise MmcoreError(f"weights {path}: cannot be read ({first}); re-download or re-save it") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

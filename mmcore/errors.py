@@ -32,8 +32,9 @@ class PluginError(MmcoreError):
 class SampleError(MmcoreError):
     """A data record cannot become a training sample; `reason` is its counting key.
 
-    Reasons: missing-media, corrupt-media, malformed-record, placeholder-mismatch, over-length,
-    no-supervision, unknown-modality.
+    Reasons: missing-media, corrupt-media, oversized-media (a decompression bomb), malformed-record,
+    placeholder-mismatch, over-length, no-supervision, unknown-modality. The trainer adds non-finite-loss
+    and non-finite-gradient for batches a stage with `skip_non_finite` skips.
     """
 
     def __init__(self, message: str, reason: str = "malformed-record") -> None:

@@ -181,8 +181,9 @@ def assemble(manifest: str | Path, device: str | torch.device = "meta", registry
     owner = Run.owning(path) if base_dir is None else None
     if owner is not None:
         base_dir = owner.lock.base_dir
-        copies = {e["name"]: owner.root / e["copy"] for e in owner.lock.plugin_files}
-        plugin_files = {n: p for n, p in copies.items() if not (base_dir / n).is_file()}
+        if any(not (base_dir / e["name"]).is_file() for e in owner.lock.plugin_files):  # the run's copies run:
+            copies = owner.plugin_files()  # named, checked against their sha256, refusable like any command's
+            plugin_files = {n: p for n, p in copies.items() if not (base_dir / n).is_file()}
     strict = os.environ.get("MMCORE_STRICT_PLUGINS") == "1"
     pm = new_plugin_manager(strict=strict)
     registry = registry or Registry(strict=strict, providers=providers)

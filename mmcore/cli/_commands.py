@@ -38,6 +38,8 @@ def _version(ctx: click.Context, _: Any, value: bool) -> None:
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Print the version and exit.")
 @click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks for errors.")
+@click.option("--local_rank", "--local-rank", type=int, hidden=True, expose_value=False,
+              help="Added by the deepspeed launcher; the rank comes from its environment (LOCAL_RANK).")
 def cli() -> None:
     """Build, train and run multimodal LLMs from manifests."""
 
@@ -120,21 +122,31 @@ def assemble(manifest: Path | None, output: Path | None, dry_run: bool, force: b
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--nproc", type=POSITIVE, default=1, show_default=True,
               help="Data-parallel processes on this machine (torchrun; gloo on CPU).")
-def train(run: Path, nproc: int) -> int:
+@click.option("--nnodes", type=POSITIVE, default=1, show_default=True,
+              help="Machines taking part; run the same command on each with its --node-rank.")
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This machine's index.")
+@click.option("--master-addr", help="Address of the --node-rank 0 machine (with --nnodes > 1).")
+@click.option("--master-port", type=click.IntRange(1, 65535), help="A free port there (with --nnodes > 1).")
+def train(run: Path, nproc: int, nnodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> int:
     """Train RUN's stages (resumes after any interruption).
 
-    Resumes from the last checkpoint; a finished run given more steps (re-assembled with --force) continues.
+    Resumes from the last checkpoint that verifies; a finished run given more steps (re-assembled with --force)
+    continues. On several machines, RUN must be on storage they share.
     """
     import os
 
     from mmcore.run import Run
 
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from mmcore.train._launch import launch
+    if (nproc > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        from mmcore.train._launch import Nodes, launch
 
+        nodes = Nodes(nnodes, node_rank, master_addr, master_port)
+        nodes.check()
         opened = Run.open(run)
+        if node_rank > 0:
+            return launch(run, nproc, nodes)  # node 0's launcher holds the run's trainer lock
         with opened.training():
-            return launch(run, nproc)
+            return launch(run, nproc, nodes)
     from mmcore.train import train as train_run
 
     train_run(run)

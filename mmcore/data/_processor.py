@@ -11,6 +11,9 @@ views — never weights — so data-loader workers can run it under fork or spaw
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +35,29 @@ class Prepared:
     encoded: Encoded
     media: dict[str, list[Item]] = field(default_factory=dict)  # modality → items in placeholder order
     targets: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # where it came from, for messages: "dataset#index" (set by the stage's data)
+
+
+@contextmanager
+def _guarded(sid: str, modality: str) -> Iterator[None]:
+    """A media item that cannot be read is a SampleError with its reason, never a crash: missing, corrupt (any
+    decoder error) or oversized — an image whose header claims more than PIL's MAX_IMAGE_PIXELS is refused
+    before it is decoded (a decompression bomb), not decoded with a warning."""
+    import struct
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except FileNotFoundError as err:
+            raise SampleError(f"sample '{sid}': {modality} file missing ({err.filename})", "missing-media") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise SampleError(f"sample '{sid}': {modality} item refused ({err})", "oversized-media") from None
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
+            raise SampleError(f"sample '{sid}': {modality} item could not be read ({type(err).__name__}: {err})",
+                              "corrupt-media") from None
 
 
 class Processor:
@@ -90,14 +116,8 @@ class Processor:
     def _view_item(sid: str, modality: str, item: Any, consumers: list[tuple[str, MediaView]]) -> Item:
         tensors, meta = {}, {}
         for name, view in consumers:
-            try:
+            with _guarded(sid, modality):
                 tensors[name], meta[name] = view(item, modality)
-            except FileNotFoundError as err:
-                raise SampleError(f"sample '{sid}': {modality} file missing ({err.filename})",
-                                  "missing-media") from None
-            except (OSError, ValueError) as err:
-                raise SampleError(f"sample '{sid}': {modality} item could not be read ({err})",
-                                  "corrupt-media") from None
         return tensors, meta
 
     def encode(self, sample: Sample, template: str, train: bool) -> Encoded:

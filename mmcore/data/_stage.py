@@ -35,6 +35,7 @@ class LoadedBatch:
     skipped: Counter[str] = field(default_factory=Counter)
     first_error: str | None = None
     tokens: int = 0
+    origins: list[str] = field(default_factory=list)  # "dataset#index 'sample id'" of each row of `batch`
 
 
 def build_datasets(assembly: Any, names: list[str]) -> dict[str, Dataset]:
@@ -71,11 +72,13 @@ class StageData(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return self.datasets[name][index]
 
     def __getitem__(self, position: int) -> Prepared | Skipped:
+        name, index = self.order[position]
         try:
-            return self.processor.prepare(self.sample(position), self.template, train=True)
+            prepared = self.processor.prepare(self.sample(position), self.template, train=True)
         except SampleError as err:
-            name, index = self.order[position]
             return Skipped(err.reason, f"dataset '{name}' record {index}: {err}")
+        prepared.origin = f"{name}#{index} '{prepared.encoded.sample_id}'"
+        return prepared
 
     def collate(self, items: list[Prepared | Skipped]) -> LoadedBatch:
         good = [i for i in items if isinstance(i, Prepared)]
@@ -85,7 +88,7 @@ class StageData(torch.utils.data.Dataset):  # type: ignore[type-arg]
         if not good:
             return LoadedBatch(None, skipped, first)
         batch = self.processor.collate(good, train=True)
-        return LoadedBatch(batch, skipped, first, int(batch.attention_mask.sum()))
+        return LoadedBatch(batch, skipped, first, int(batch.attention_mask.sum()), [g.origin for g in good])
 
 
 def modality_lengths(datasets: dict[str, Dataset], order: list[Item]) -> list[int]:

@@ -17,6 +17,7 @@ exported vocabulary (added, with LLaVA's mean-row initialisation, when the token
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,21 @@ def _read_config(src: Path) -> Any:  # a LlavaConfig
     return config
 
 
+def _load_llava(src: Path, cls: Any) -> Any:
+    """`from_pretrained` with a truncated or unreadable weights file as one line naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.from_pretrained(str(src), dtype="auto")
+    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as err:
+        files = sorted(p.name for p in src.glob("*.safetensors")) or sorted(p.name for p in src.glob("*.bin"))
+        first = " ".join((str(err).strip().splitlines() or [type(err).__name__])[0].split())[:200]
+        raise MmcoreError(f"{src}: its weights ({', '.join(files) or 'none found'}) cannot be loaded ({first}); the "
+                          f"file is truncated or damaged — copy or download it again (nothing was written)") from None
+
+
 def import_hf_llava(src: Path, run: Path) -> Path:
     """DIR (llava-hf) → RUN: `vision/` and `llm/` in save_pretrained format, the projector in
     `upstream/`, a manifest naming all three, and `assembly.lock`."""
@@ -70,7 +86,7 @@ def import_hf_llava(src: Path, run: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(src))
     except (OSError, ValueError) as err:
         raise MmcoreError(f"{src}: no loadable tokenizer ({err}); save the tokenizer into it first") from None
-    hf = LlavaForConditionalGeneration.from_pretrained(str(src), dtype="auto")
+    hf = _load_llava(src, LlavaForConditionalGeneration)
     with new_run(run) as tmp:
         hf.model.vision_tower.save_pretrained(tmp / "vision")
         if (src / "preprocessor_config.json").is_file():

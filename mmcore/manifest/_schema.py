@@ -121,7 +121,11 @@ class StageSpec(_Strict):
     # image_aspect_ratio = "square" and finetunes with "pad": [stages.preprocess.vision]
     preprocess: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log_every: PositiveInt = 10
-    save_every: PositiveInt | None = None  # steps between checkpoints (default: end of stage only)
+    save_every: PositiveInt | None = None  # steps between mid-stage checkpoints (none: by wall time only)
+    # minutes of training between mid-stage checkpoints (a kill loses at most this much); none: steps only
+    save_every_minutes: float | None = Field(30.0, gt=0)
+    keep_checkpoints: PositiveInt = 2  # the newest checkpoints kept (a damaged newest falls back to the one before)
+    skip_non_finite: bool = False  # skip (and count) a batch whose loss is not finite instead of stopping
     tensorboard: bool = False
 
     @field_validator("name")

@@ -72,26 +72,33 @@ class DeepSpeedEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
         self.zero3 = config["zero_optimization"]["stage"] == 3
 
-    def micro_step(self, batch: Batch | None, last: bool) -> float:
-        if batch is None:
-            loss = sum(p.sum() for p in self.params) * 0.0
-        else:
+    def micro_step(self, batch: Batch | None, last: bool, check: Any = None) -> tuple[float, bool]:
+        """Forward, then backward unless `check` drops the loss (zero gradients instead), then DeepSpeed's
+        step, which updates only at the accumulation boundary."""
+        loss = None
+        if batch is not None:
             autocast = self.keep_fp32 and self.stage.precision == "bf16"
             with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = self.ds(batch.to(self.world.device)).loss
+        value = 0.0 if loss is None else float(loss.detach().float())
+        kept = (check is None or check(value)) and loss is not None  # every rank joins the check
+        if not kept:
+            loss = sum((p.sum() for p in self.params), torch.zeros(())) * 0.0
         self.ds.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
         self.ds.step()  # an optimizer step only at the accumulation boundary
-        return float(loss.detach().float())
+        return value, kept
 
-    def step(self) -> None:
-        """Nothing: DeepSpeed stepped at the boundary inside `micro_step`."""
+    def grad_norm(self) -> float | None:
+        """Unknown before DeepSpeed's own step (weights are checked to be finite before every save)."""
+        return None
+
+    def step(self, update: bool = True) -> None:
+        """Nothing: DeepSpeed stepped at the boundary inside `micro_step` (a dropped batch gave zero gradients)."""
 
     def mean(self, value: float) -> float:
-        if self.world.size == 1:
-            return value
-        tensor = torch.tensor([value])
-        torch.distributed.all_reduce(tensor)
-        return float(tensor) / self.world.size
+        from mmcore.train._engine import all_sum
+
+        return all_sum([value], self.world)[0] / self.world.size
 
     def gathered(self) -> Any:
         """Full parameters on every rank while saving (ZeRO-3 partitions them)."""
@@ -102,8 +109,9 @@ class DeepSpeedEngine:
         return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
 
     def save_state(self, folder: Path, tag: str) -> None:
-        """Optimizer partitions of every rank (collective)."""
-        self.ds.save_checkpoint(str(folder), tag=tag, save_latest=False)
+        """Optimizer partitions of every rank into the checkpoint's staging folder (collective); frozen
+        parameters are left out (the checkpoint's own safetensors hold the trained ones)."""
+        self.ds.save_checkpoint(str(folder), tag=tag, save_latest=False, exclude_frozen_parameters=True)
 
     def load_state(self, folder: Path, tag: str) -> None:
         self.ds.load_checkpoint(str(folder), tag=tag, load_module_strict=False, load_optimizer_states=True,

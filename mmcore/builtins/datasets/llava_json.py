@@ -2,7 +2,9 @@
 
 Record: {"id", "image": "a.jpg" | ["a.jpg", "b.jpg"] (optional: text-only), "conversations":
 [{"from": "human"|"gpt"|"system", "value": "..."}]}. As LLaVA's `preprocess_multimodal`, a single
-`<image>` is moved to the front of its turn as "<image>\\n" + text.
+`<image>` is moved to the front of its turn as "<image>\\n" + text. A record that is not this shape (a null
+or an object where text belongs, a null image name, a non-UTF-8 or malformed JSON line, a placeholder count
+that differs from the image count) raises a `SampleError`: skipped and counted by reason, never trained on.
 """
 
 from __future__ import annotations
@@ -27,28 +29,67 @@ class LlavaJsonConfig(ComponentConfig):
     portion: float = Field(1.0, gt=0, le=1)  # u-LLaVA `portion`: keep the first fraction of records
 
 
+def _read_lines(path: Path, data: bytes) -> list[Any]:
+    """Records of a .jsonl file; a malformed or non-UTF-8 line becomes a string marker (skipped, counted)."""
+    records: list[Any] = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            records.append(f"{path}:{number}: not UTF-8 text (byte {err.start}); re-encode the line")
+            continue
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            records.append(f"{path}:{number}: malformed JSON line ({err})")
+    return records
+
+
 def _read(path: Path) -> list[Any]:
-    """Records of a .json array or .jsonl file; a malformed JSON line becomes a string marker."""
+    """Records of a .json array or .jsonl file."""
     if not path.is_file():
         raise MmcoreError(f"llava-json path {path}: no such file; fix [data.datasets.*] path")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
     if path.suffix == ".jsonl":
-        records: list[Any] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError as err:
-                records.append(f"{path}:{number}: malformed JSON line ({err})")
-        return records
+        return _read_lines(path, data)
     try:
-        data = json.loads(text)
+        records = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise MmcoreError(f"llava-json {path}: not UTF-8 text (byte {err.start}); re-encode it as UTF-8") from None
     except ValueError as err:
         raise MmcoreError(f"llava-json {path}: not valid JSON ({err}); fix the file or use .jsonl") from None
-    if not isinstance(data, list):
+    if not isinstance(records, list):
         raise MmcoreError(f"llava-json {path}: expected a JSON array of records")
-    return data
+    return records
+
+
+def _malformed(where: str, what: str) -> SampleError:
+    return SampleError(f"{where}: {what}; a record is {{'id', 'image': 'a.jpg' | [...], 'conversations': "
+                       f"[{{'from': 'human'|'gpt', 'value': 'text'}}]}}", "malformed-record")
+
+
+def _images(where: str, record: dict[str, Any]) -> list[str]:
+    images = record.get("image")
+    images = [] if images is None else [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
+        raise _malformed(where, f"'image' is {json.dumps(record.get('image'))[:60]}, not a file name or a list of them")
+    return images
+
+
+def _turns(where: str, record: dict[str, Any]) -> list[Turn]:
+    conversation = record.get("conversations")
+    if not isinstance(conversation, list) or not conversation:
+        raise _malformed(where, "'conversations' is missing or empty")
+    turns = []
+    for number, turn in enumerate(conversation, start=1):
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES:
+            raise _malformed(where, f"turn {number} has no 'from' of human, gpt or system")
+        if not isinstance(turn.get("value"), str):  # never train on the text "None" or a dict's repr
+            raise _malformed(where, f"turn {number}'s 'value' is {json.dumps(turn.get('value'))[:40]}, not text")
+        turns.append(Turn(cast(Any, ROLES[turn["from"]]), turn["value"]))
+    return turns
 
 
 class LlavaJson(Dataset):
@@ -76,17 +117,19 @@ class LlavaJson(Dataset):
         record = self.records[index]
         if isinstance(record, str):
             raise SampleError(record, "malformed-record")
-        sid = str(record.get("id", f"{self.path.name}#{index}")) if isinstance(record, dict) else str(index)
-        try:
-            images = record.get("image")
-            images = [] if images is None else [images] if isinstance(images, str) else list(images)
-            turns = [Turn(cast(Any, ROLES[c["from"]]), str(c["value"])) for c in record["conversations"]]
-        except (KeyError, TypeError, AttributeError) as err:
-            raise SampleError(f"{self.path} record '{sid}': malformed ({type(err).__name__}: {err}); it needs "
-                              f"'conversations' of {{'from': human|gpt, 'value': ...}}", "malformed-record") from None
+        if not isinstance(record, dict):
+            raise _malformed(f"{self.path} record {index}", f"a {type(record).__name__}, not an object")
+        sid = str(record.get("id", f"{self.path.name}#{index}"))
+        where = f"{self.path} record '{sid}'"
+        images, turns = _images(where, record), _turns(where, record)
+        placeholders = sum(turn.text.count("<image>") for turn in turns)
+        if placeholders and placeholders != len(images):  # LLaVA merges two placeholders of one image in silence
+            raise SampleError(f"{where}: {placeholders} <image> placeholder(s) for {len(images)} image(s); give one "
+                              f"placeholder per image", "placeholder-mismatch")
         if len(images) == 1:
             for turn in turns:
                 if "<image>" in turn.text:
                     turn.text = "<image>\n" + turn.text.replace("<image>", "").strip()
         media = {"image": [self.folder / name for name in images]} if images else {}
-        return Sample(id=sid, conversation=turns, media=media, task=record.get("task"))
+        task = record.get("task")
+        return Sample(id=sid, conversation=turns, media=media, task=task if isinstance(task, str) else None)
