@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,10 +63,14 @@ class Component(nn.Module):
     kind: ClassVar[str] = "component"
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
     config: Any  # an instance of `Config` (typed Any so subclasses read their own fields)
-    # dtype policy: a component that must compute in one dtype whatever the stage's precision (the
-    # D-Abstractor runs in fp32 inside bf16 training) sets this. The model runs it with autocast off and
-    # its inputs cast; every engine keeps its weights in this dtype.
+    # dtype policy: a component that must compute in one dtype whatever the stage's precision sets this (per
+    # instance, from its config: `set_compute_dtype`). float32 (the D-Abstractor inside bf16 training): the
+    # model runs it with autocast off and its inputs cast. A half dtype (MiniGPT-v2's frozen EVA in fp16):
+    # `apply_dtype_policy` stores its weights in that dtype, except the parameters matching `keep_fp32`
+    # (fnmatch patterns), and the model runs it under autocast to that dtype, its output cast back to fp32.
+    # Every engine keeps the stored dtypes.
     compute_dtype: ClassVar[torch.dtype | None] = None
+    keep_fp32: ClassVar[tuple[str, ...]] = ()
     # Sub-modules that never train, even when the component is listed in a stage's `trainable`, unless an
     # entry names them explicitly (a SAM head's image encoder: "image_encoder", u-LLaVA's
     # "mask_decoder.iou_prediction_head").
@@ -83,6 +88,21 @@ class Component(nn.Module):
     def tiny_config(cls) -> dict[str, Any]:
         """A config small enough for CPU conformance tests (`mmcore.testing`)."""
         return {}
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """This instance's `compute_dtype` (from its config, e.g. EVA's `precision`); the class's is the default."""
+        self.__dict__["compute_dtype"] = dtype
+
+    def apply_dtype_policy(self) -> None:
+        """Store each parameter in `compute_dtype`, or fp32 where its name matches `keep_fp32` (MiniGPT-v2's
+        `convert_weights_to_fp16` keeps LayerNorms, position embedding and q/v biases fp32). Idempotent."""
+        if self.compute_dtype is None:
+            return
+        for name, param in self.named_parameters():
+            keep = any(fnmatchcase(name, pattern) for pattern in self.keep_fp32)
+            target = torch.float32 if keep else self.compute_dtype
+            if param.is_floating_point() and param.dtype != target:
+                param.data = param.data.to(target)
 
     def media_view(self, **preprocessing: Any) -> Any:
         """The component's own preprocessing of raw media (a `MediaView`), or None when it reads none."""
