@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcore.kinds import LLM, AdapterProjector, Encoder, Features, Head, Projector, Retriever
+from mmcore.kinds import LLM, AdapterProjector, Component, Encoder, Features, Head, Projector, Retriever
+from mmcore.kinds.projector import weighted_mean
 from mmcore.sequence import IGNORE_INDEX, Batch
 
 __all__ = ["ModelOutput", "MultimodalModel", "run_in_policy"]
@@ -33,21 +34,30 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), shifted, ignore_index=IGNORE_INDEX)
 
 
-def run_in_policy(component: nn.Module, features: Features) -> torch.Tensor:
-    """Call `component` honouring its `compute_dtype`: autocast off, floating inputs cast to that dtype."""
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors (alone or in `Features`) cast to `dtype`; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, Features):
+        levels = tuple(_cast(t, dtype) for t in value.levels) if value.levels is not None else None
+        return Features(_cast(value.tokens, dtype), value.grid, _cast(value.pooled, dtype), levels)
+    return value
+
+
+def run_in_policy(component: nn.Module, *inputs: Any) -> Any:
+    """Call `component` honouring its `compute_dtype` (mmcore.kinds.Component): float32 runs with autocast off
+    and its floating inputs cast; a half dtype runs under autocast to it (its fp32-kept parameters meet its
+    half weights as under upstream's AMP) and returns fp32; None runs as the caller does."""
     dtype = getattr(component, "compute_dtype", None)
     if dtype is None:
-        return component(features)
-    tokens = features.tokens
-
-    def cast_(t: torch.Tensor | None) -> torch.Tensor | None:
-        return t.to(dtype) if t is not None and t.is_floating_point() else t
-
-    levels = tuple(cast(torch.Tensor, cast_(t)) for t in features.levels) if features.levels is not None else None
-    cast_features = Features(tokens=cast(torch.Tensor, cast_(tokens)), grid=features.grid,
-                             pooled=cast_(features.pooled), levels=levels)
-    with torch.autocast(tokens.device.type, enabled=False):
-        return component(cast_features)
+        return component(*inputs)
+    device = next(t.device if isinstance(t, torch.Tensor) else t.tokens.device
+                  for t in inputs if isinstance(t, (torch.Tensor, Features))).type
+    if dtype == torch.float32:
+        with torch.autocast(device, enabled=False):
+            return component(*(_cast(t, dtype) for t in inputs))
+    with torch.autocast(device, dtype=dtype):
+        return _cast(component(*inputs), torch.float32)
 
 
 class MultimodalModel(nn.Module):
@@ -64,7 +74,12 @@ class MultimodalModel(nn.Module):
         self.retriever = retriever
         self.modality_encoder = dict(modality_encoder)
         self.retriever_encoder = retriever_encoder
+        if retriever is not None and retriever_encoder is not None:
+            retriever.bind_encoder(encoders[retriever_encoder])
         self._conditions: dict[str, torch.Tensor] = {}  # adapter projector → (B, L_a, D) while running
+        for component in self.components().values():
+            if isinstance(component, Component):
+                component.apply_dtype_policy()  # fp16 / bf16 towers keep some parameters fp32
         self._wire_adapters()
 
     # --- static description ----------------------------------------------------------------------
@@ -86,15 +101,28 @@ class MultimodalModel(nn.Module):
     def tokens_per_item(self) -> dict[str, int]:
         return {m: int(cast(Projector, self.projectors[e]).num_tokens) for m, e in self.modality_encoder.items()}
 
-    # --- adapter mode ----------------------------------------------------------------------------
+    # --- adapter mode ---------------------------------------------------------------------------
     def _wire_adapters(self) -> None:
-        adapters = {n: p for n, p in self.projectors.items() if isinstance(p, AdapterProjector)}
-        if not adapters:
-            return
-        for layer, site in enumerate(self.llm.attention_sites()):
-            site.output_proj.register_forward_pre_hook(self._adapter_hook(adapters, layer, site))
+        self._adapters = {n: p for n, p in self.projectors.items() if isinstance(p, AdapterProjector)}
+        self._hooked: list[tuple[nn.Module, Any]] = []  # (module, hook handle) per decoder layer
+        self._sync_adapter_hooks()
 
-    def _adapter_hook(self, adapters: dict[str, AdapterProjector], layer: int, site: Any) -> Callable[..., Any]:
+    def _sync_adapter_hooks(self) -> None:
+        """Hook each layer's CURRENT output projection. peft's LoRA replaces `o_proj` by a wrapper computing
+        base(x) + B(A(x)); a hook left on the base layer would feed the LoRA term x without the adapter term
+        (upstream `llama.py::Attention`: wo(out) + lora_wo(out), out including the adapter). Merging puts the
+        base layer back; the hook follows it."""
+        if not self._adapters:
+            return
+        sites = self.llm.attention_sites()
+        if [m for m, _ in self._hooked] == [site.output_proj for site in sites]:
+            return
+        for _, handle in self._hooked:
+            handle.remove()
+        self._hooked = [(site.output_proj, site.output_proj.register_forward_pre_hook(self._adapter_hook(layer, site)))
+                        for layer, site in enumerate(sites)]
+
+    def _adapter_hook(self, layer: int, site: Any) -> Callable[..., Any]:
         """ImageBind-LLM: attention output += tanh(gate[layer, head]) * wv(condition), before `wo`."""
         value_proj = getattr(site.value_proj, "base_layer", site.value_proj)  # frozen base wv, not LoRA
         groups = site.num_heads // site.num_kv_heads
@@ -102,11 +130,12 @@ class MultimodalModel(nn.Module):
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
             attended = args[0]  # (B, S, heads * head_dim)
             added = None
-            for name, projector in adapters.items():
+            for name, projector in self._adapters.items():
                 condition = self._conditions.get(name)
-                if condition is None:
+                layer_condition = None if condition is None else projector.condition_for_layer(condition, layer)
+                if layer_condition is None:
                     continue
-                value = value_proj(projector.condition_for_layer(condition, layer))  # (B, 1, kv * hd)
+                value = value_proj(layer_condition)  # (B, 1, kv * hd)
                 value = value.view(value.shape[0], 1, site.num_kv_heads, site.head_dim)
                 value = value.repeat_interleave(groups, dim=2)  # (B, 1, heads, hd)
                 gate = projector.gates[layer].tanh().view(1, 1, -1, 1)
@@ -117,33 +146,63 @@ class MultimodalModel(nn.Module):
         return hook
 
     # --- media -----------------------------------------------------------------------------------
-    def _encode(self, modality: str, media: torch.Tensor) -> Features:
+    def _encode(self, modality: str, media: torch.Tensor, retrieve: bool = True) -> Features:
         encoder = self.encoders[self.modality_encoder[modality]]
         frozen = not any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = encoder(media, modality)
-        if self.retriever is not None and self.retriever_encoder == self.modality_encoder[modality]:
-            features = self.retriever.enhance(features)
+            features = run_in_policy(encoder, media, modality)  # the encoder's dtype policy (EVA in fp16)
+        return self._retrieve(self.modality_encoder[modality], features) if retrieve else features
+
+    def _retrieve(self, encoder: str, features: Features) -> Features:
+        retriever = self.retriever
+        if retriever is not None and self.retriever_encoder == encoder and (
+                not retriever.training or retriever.applies_in_training):
+            return retriever.enhance(features)
         return features
+
+    def _adapter_condition(self, name: str, projector: AdapterProjector, batch: Batch) -> torch.Tensor | None:
+        """(B, L, D) condition of one adapter projector from every modality of its encoder in the batch,
+        combined as the projector declares (`fusion`); rows without media stay zero."""
+        batch_size = batch.input_ids.shape[0]
+        parts: dict[str, tuple[Features, torch.Tensor]] = {}
+        for modality in self.modality_order:
+            if self.modality_encoder[modality] == name and modality in batch.media:
+                items = batch.media[modality]
+                fused = projector.fusion == "features"
+                parts[modality] = (self._encode(modality, items.views[f"encoders.{name}"], retrieve=not fused),
+                                   items.sample_index)
+        if not parts:
+            return None
+        if projector.fusion == "features":
+            missing = [m for m, (f, _) in parts.items() if f.pooled is None]
+            if missing:
+                raise ValueError(f"projector '{name}' fuses pooled features, but encoder '{name}' gives none for "
+                                 f"{missing}")
+            pooled_parts = {m: (cast(torch.Tensor, f.pooled), i) for m, (f, i) in parts.items()}
+            pooled, rows = projector.fuse_features(pooled_parts, batch_size)
+            features = self._retrieve(name, Features(tokens=pooled.unsqueeze(1), pooled=pooled))
+            projected = run_in_policy(projector, features)  # (R, L, D)
+        else:
+            conditions = {m: (run_in_policy(projector, f), i) for m, (f, i) in parts.items()}
+            projected, rows = weighted_mean(conditions, {m: projector.modality_weight(m) for m in parts}, batch_size)
+        return projected.new_zeros((batch_size, *projected.shape[1:])).index_copy(0, rows, projected)
 
     def media_tokens(self, batch: Batch) -> torch.Tensor | None:
         """Project all media; fill adapter conditions; return the flat token matrix (T, D) or None."""
+        self._sync_adapter_hooks()
         self._conditions = {}
+        for name, projector in self._adapters.items():
+            condition = self._adapter_condition(name, projector, batch)
+            if condition is not None:
+                self._conditions[name] = condition
         flat = []
-        batch_size = batch.input_ids.shape[0]
         for modality in self.modality_order:
-            if modality not in batch.media:
-                continue
             name = self.modality_encoder[modality]
-            items = batch.media[modality]
-            projector = cast(Projector, self.projectors[name])
-            features = self._encode(modality, items.views[f"encoders.{name}"])
-            projected = run_in_policy(projector, features)  # (N_m, M, D)
-            if isinstance(projector, AdapterProjector):
-                summed = projected.new_zeros((batch_size, *projected.shape[1:]))
-                self._conditions[name] = summed.index_add(0, items.sample_index, projected)
-            else:
-                flat.append(projected.reshape(-1, projected.shape[-1]))
+            if modality not in batch.media or name in self._adapters:
+                continue
+            features = self._encode(modality, batch.media[modality].views[f"encoders.{name}"])
+            projected = run_in_policy(self.projectors[name], features)  # (N_m, M, D)
+            flat.append(projected.reshape(-1, projected.shape[-1]))
         return torch.cat(flat) if flat else None
 
     def embed(self, batch: Batch) -> torch.Tensor:

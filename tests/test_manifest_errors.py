@@ -32,8 +32,8 @@ STAGE = '[[stages]]\nname = "a"\ntrainable = ["projectors"]\n'
 CASES = [
     ("unknown-top-key", "modle = 1\n" + GOOD, ["modle", "unknown key", "did you mean 'model'"]),
     ("typo-type", GOOD.replace('type = "mlp"', 'type = "mpl"'), ["unknown projector type 'mpl'", "'mlp'"]),
-    ("uninstalled-type", GOOD.replace('type = "mlp"', 'type = "bind-network"'),
-     ["pip install mmcore-plugin-bind-network"]),
+    ("unavailable-type", GOOD.replace('type = "mlp"', 'type = "bind-network"'),  # blocked below: every first-party
+     ["'mmcore-plugin-bind-network' provides it"]),                              # plugin is installed now
     ("unknown-component-key", GOOD.replace('type = "mlp"', 'type = "mlp"\ndepht = 2'),
      ["[model.projectors.vision] depht", "did you mean 'depth'"]),
     ("wrong-value-type", GOOD.replace('type = "mlp"', 'type = "mlp"\ndepth = "two"'),
@@ -102,8 +102,9 @@ CASES = [
 
 @pytest.mark.parametrize(("text", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_manifest_is_one_line_exit_2(text: str, needles: list[str], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A malformed manifest exits 2 with one `error:` line naming file and culprit; nothing is written."""
+    monkeypatch.setenv("MMCORE_BLOCK_PLUGINS", "mmcore-plugin-bind-network")
     manifest = tmp_path / "bad.toml"
     manifest.write_text(text)
     run = tmp_path / "run"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from mmcore.errors import MmcoreError
 from mmcore.kinds import LLM, AttentionSite, BuildContext, ComponentConfig, LMOutput
 from mmcore.sources import check_config_table, config_class, resolve_source
 
-__all__ = ["HFCausalLM", "HFCausalLMConfig"]
+__all__ = ["LLAMA_ADAPTER_BIASES", "HFCausalLM", "HFCausalLMConfig"]
+
+LLAMA_ADAPTER_BIASES = ("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # llama.py: w_bias
 
 
 class HFCausalLMConfig(ComponentConfig):
@@ -21,6 +25,11 @@ class HFCausalLMConfig(ComponentConfig):
     init: Literal["pretrained", "random"] = "pretrained"  # "random": the source's config, new weights
     tokenizer: str | None = None  # "byte-level", a directory, or None: the source's own tokenizer
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    # LLaMA-Adapter bias tuning: zero-initialised biases added to these linear layers (module-name suffixes), or
+    # "llama-adapter" = its wq, wo, w1, w2, w3 (q_proj, o_proj, gate_proj, up_proj, down_proj; not wk, wv).
+    # They are ordinary parameters of the LLM: trained by a stage's `bias_norm`, saved and loaded with it, and
+    # declared in the config (`attention_bias`, `mlp_bias`) by `save_pretrained`.
+    bias_tuning: list[str] | Literal["llama-adapter"] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_source(self) -> HFCausalLMConfig:
@@ -98,6 +107,19 @@ class HFCausalLM(LLM):
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
         if self.tokenizer is not None and len(self.tokenizer) > self.vocab_size:
             self._resize(len(self.tokenizer))
+        if config.bias_tuning:
+            self._add_biases(LLAMA_ADAPTER_BIASES if config.bias_tuning == "llama-adapter" else config.bias_tuning)
+
+    def _add_biases(self, names: tuple[str, ...] | list[str]) -> None:
+        """LLaMA-Adapter `ModelArgs.w_bias`: a zero bias on each named linear layer that has none."""
+        unknown = sorted(set(names) - set(self.lora_target_names()))
+        if unknown:
+            raise MmcoreError(f"bias_tuning: {unknown} are not linear layers of {type(self.model).__name__}; "
+                              f"choose from {self.lora_target_names()} or \"llama-adapter\"")
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names and module.bias is None:
+                module.bias = nn.Parameter(torch.zeros(module.out_features, device=module.weight.device,
+                                                       dtype=module.weight.dtype))
 
     @classmethod
     def tiny_config(cls) -> dict[str, Any]:
@@ -213,6 +235,32 @@ class HFCausalLM(LLM):
                 parent_name, _, child = name.rpartition(".")
                 setattr(self.model.get_submodule(parent_name), child, module.get_base_layer())
         self.lora_config = None
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """A plain transformers directory: LoRA merged into a copy, added biases declared (`attention_bias` /
+        `mlp_bias`, with zero biases for the layers bias tuning left without), tokenizer alongside."""
+        model = copy.deepcopy(self.model)
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(model.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, module.get_base_layer())
+        biased = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and m.bias is not None}
+        if biased - {"lm_head"}:
+            attention, mlp = {"q_proj", "k_proj", "v_proj", "o_proj"}, {"gate_proj", "up_proj", "down_proj"}
+            model.config.attention_bias = bool(biased & attention)
+            model.config.mlp_bias = bool(biased & mlp)
+            wanted = (attention if model.config.attention_bias else set()) | (mlp if model.config.mlp_bias else set())
+            self_free = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.bias is None
+                         and n.rsplit(".", 1)[-1] in wanted]
+            for module in self_free:
+                module.bias = nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype))
+        model.save_pretrained(str(folder))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder))
 
     def lora_target_names(self) -> list[str]:
         """LLaVA `find_all_linear_names`: every nn.Linear leaf name except the LM head."""

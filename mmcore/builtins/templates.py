@@ -5,6 +5,8 @@
   §1.5, §1.6).
 * `llama2`: MiniGPT-v2 `minigpt4/models/minigpt_base.py` (`prompt_wrap`, `tokenize_conversation`,
   `forward`, `get_context_emb`), its datasets' instruction strings and `CONV_VISION_minigptv2` (§3.1, §3.2).
+* `alpaca`: ImageBind-LLM (LLaMA-Adapter `imagebind_LLM/data/dataset.py`, `llama/utils.py::format_prompt`)
+  (upstream-systems.md §4.5).
 * `honeybee`, `honeybee-coarse`: Honeybee `pipeline/data_utils/templates/templatizer.py::templatize`,
   `templates/dev.py` and `honeybee/tokenization_honeybee.py::encode_prompt` (§2.3, §2.4).
 
@@ -18,7 +20,8 @@ from typing import ClassVar
 
 from mmcore.kinds import Piece, Template, Turn, split_media
 
-__all__ = ["HoneybeeCoarseTemplate", "HoneybeeTemplate", "Llama2Template", "PlainTemplate", "VicunaV1Template"]
+__all__ = ["AlpacaTemplate", "HoneybeeCoarseTemplate", "HoneybeeTemplate", "Llama2Template", "PlainTemplate",
+           "VicunaV1Template"]
 
 IMAGE = "<image>"
 
@@ -271,3 +274,56 @@ class HoneybeeCoarseTemplate(HoneybeeTemplate):
     """`honeybee` with coarse-grained templates: one shared triple per task family."""
 
     granularity: ClassVar[str] = "coarse"
+
+
+# LLaMA-Adapter imagebind_LLM/llama/utils.py::format_prompt (PROMPT_DICT) and the pretraining instruction of
+# data/dataset.py::PretrainDataset.
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}"
+                "\n\n### Input:\n{input}\n\n### Response:")
+CAPTION_INSTRUCTION = "Generate caption of this image"
+
+
+class AlpacaTemplate(Template):
+    """ImageBind-LLM's Alpaca format: one instruction, one response.
+
+    Training (`PretrainDataset` / `FinetuneDataset.__getitem__`): `tokenizer.encode(prompt + answer, bos=True,
+    eos=True)` — ONE sentencepiece call over prompt and answer, BOS and EOS by id; the prompt's tokens are masked,
+    the answer and EOS learned. The prompt is `format_prompt(instruction, input)`: the first user turn's text
+    (its media placeholders taken out and put in front, where an adapter projector adds no tokens) is the
+    instruction, a second user turn before the reply is Alpaca's `input`; captioning samples (task "caption")
+    get the pretraining instruction "Generate caption of this image", as `PretrainDataset` does for every
+    image-text pair. Only the first exchange is used, as upstream's finetuning data code does.
+    Inference (`LLaMA_adapter.generate`): `encode(format_prompt(q), bos=True, eos=False)`.
+
+    Upstream's `FinetuneDataset` turns a text-only record's instruction into a tuple
+    (`format_instruction = data_item['instruction'],`), so its prompt reads "('…',)"; that bug is not
+    reproduced. Nor is the literal "<image>" that LLaVA-Instruct's questions keep in upstream's instruction.
+    """
+
+    def _prompt(self, conversation: list[Turn], task: str | None) -> tuple[str, str]:
+        """(media placeholders, the Alpaca prompt up to "### Response:")."""
+        users: list[Turn] = []
+        for turn in conversation:
+            if turn.role == "assistant":
+                break
+            if turn.role == "user":
+                users.append(turn)
+        media = "".join(split_media(t.text)[0] for t in users)
+        instruction = CAPTION_INSTRUCTION if task == "caption" else split_media(users[0].text)[1] if users else ""
+        given = split_media(users[1].text)[1] if len(users) > 1 else ""
+        if given:
+            return media, ALPACA_INPUT.format_map({"instruction": instruction, "input": given})
+        return media, ALPACA_NO_INPUT.format_map({"instruction": instruction})
+
+    def render(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        media, prompt = self._prompt(conversation, task)
+        answer = next((t.text for t in conversation if t.role == "assistant"), "")
+        text = media + prompt + answer
+        return [Piece.bos(), Piece(text, learn=((len(media) + len(prompt), len(text)),)), Piece.eos(learn=True)]
+
+    def generation_prompt(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
+        media, prompt = self._prompt(conversation, task)
+        return [Piece.bos(), Piece(media + prompt)]

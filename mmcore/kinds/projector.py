@@ -5,20 +5,26 @@
 * adapter mode (ImageBind-LLM): `forward` returns a condition (B, L, D_llm) that is added inside
   every decoder layer's attention through a zero-initialised, tanh-gated per-head value path; the
   placeholder expands to no tokens.
+
+Several modalities through one adapter projector are combined as the projector declares (`fusion`), never
+by one replacing another: "features" fuses the encoder's pooled embeddings before the projector
+(ImageBind-LLM `forward_visual`: Σ_m w_m · normalize(f_m), weights normalised over the modalities a sample
+has); "conditions" projects each modality and takes the same weighted mean of the conditions.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmcore.kinds._base import BuildContext, Component, ComponentConfig, FeatureSpec
 from mmcore.kinds.encoder import Features
 
-__all__ = ["AdapterProjector", "Projector"]
+__all__ = ["AdapterProjector", "Projector", "weighted_mean"]
 
 
 class Projector(Component):
@@ -54,6 +60,7 @@ class AdapterProjector(Projector):
     """
 
     mode: ClassVar[str] = "adapter"
+    fusion: ClassVar[Literal["features", "conditions"]] = "conditions"
 
     def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
@@ -65,6 +72,50 @@ class AdapterProjector(Projector):
     def num_tokens(self) -> int:
         return 0
 
-    def condition_for_layer(self, condition: torch.Tensor, layer: int) -> torch.Tensor:
-        """The condition seen by `layer` (ImageBind-LLM adds a per-layer prefix query here)."""
+    def condition_for_layer(self, condition: torch.Tensor, layer: int) -> torch.Tensor | None:
+        """The condition seen by `layer` (ImageBind-LLM adds a per-layer prefix query here), or None when the
+        adapter does not enter that layer."""
         return condition
+
+    @property
+    def gate_weight_decay(self) -> bool:
+        """Whether the optimizer decays the gates. Not by default (a zero-init gate pulled to 0 switches the
+        adapter off); ImageBind-LLM's `misc.add_weight_decay` decays its 4-D gates (a config's
+        `gate_weight_decay = true` reproduces it)."""
+        return bool(getattr(self.config, "gate_weight_decay", False))
+
+    def modality_weight(self, modality: str) -> float:
+        """The declared weight of a modality in the fusion (a config's `modality_weights`, default 1)."""
+        weights = getattr(self.config, "modality_weights", None) or {}
+        return float(weights.get(modality, 1.0))
+
+    def fuse_features(self, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`fusion = "features"`: modality → (pooled (N_m, C), sample index (N_m,)) → (fused (R, C), rows (R,))
+        for the R samples that have any of them: Σ_m w'_m · normalize(f_m), w'_m = w_m / (Σ w + 1e-6) over the
+        sample's modalities (ImageBind-LLM `forward_visual`; the sum is not re-normalised)."""
+        normalised = {m: (F.normalize(pooled, dim=-1), index) for m, (pooled, index) in parts.items()}
+        return weighted_mean(normalised, {m: self.modality_weight(m) for m in parts}, batch_size)
+
+
+def weighted_mean(parts: dict[str, tuple[torch.Tensor, torch.Tensor]], weights: dict[str, float],
+                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the items of each modality averaged, then Σ_m w_m · mean_m / (Σ_m w_m + 1e-6) over the
+    modalities that sample has. parts: modality → ((N_m, *shape), (N_m,) rows) → ((R, *shape), (R,) rows)."""
+    first = next(iter(parts.values()))[0]
+    total = first.new_zeros((batch_size, *first.shape[1:]))
+    weight_sum = first.new_zeros(batch_size)
+    seen = torch.zeros(batch_size, dtype=torch.bool, device=first.device)
+    for modality, (values, index) in parts.items():
+        counts = torch.zeros(batch_size, dtype=values.dtype, device=values.device).index_add(
+            0, index, torch.ones_like(index, dtype=values.dtype))
+        means = values.new_zeros(total.shape).index_add(0, index, values)
+        present = counts > 0
+        shape = (-1, *([1] * (values.ndim - 1)))
+        means[present] = means[present] / counts[present].view(shape)
+        total = total + weights[modality] * means
+        weight_sum = weight_sum + weights[modality] * present.to(values.dtype)
+        seen |= present
+    rows = seen.nonzero().flatten()
+    shape = (-1, *([1] * (first.ndim - 1)))
+    return total[rows] / (weight_sum[rows] + 1e-6).view(shape), rows

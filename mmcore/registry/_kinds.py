@@ -15,7 +15,7 @@ API_VERSION = 2
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "encoder": {
         "clip": "mmcore-plugin-clip",
-        "eva": "mmcore-plugin-eva",
+        "eva-vit": "mmcore-plugin-eva",
         "imagebind": "mmcore-plugin-imagebind",
     },
     "projector": {
@@ -25,13 +25,14 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "c-abstractor": "mmcore-plugin-c-abstractor",
         "d-abstractor": "mmcore-plugin-d-abstractor",
         "resampler": "mmcore-plugin-d-abstractor",
-        "concat-linear": "mmcore-plugin-concat-linear",
+        "concat-linear": "mmcore-plugin-mlp",
         "bind-network": "mmcore-plugin-bind-network",
     },
     "llm": {"hf-causal-lm": "mmcore"},
     "head": {"sam-mask": "mmcore-plugin-sam", "box-decoder": "mmcore-plugin-box-decoder"},
-    "retriever": {"cache": "mmcore-plugin-cache"},
+    "retriever": {"knn-cache": "mmcore-plugin-cache-retrieval"},
     "dataset": {"llava-json": "mmcore", "synthetic-shapes": "mmcore"},
-    "template": {"plain": "mmcore", "vicuna_v1": "mmcore", "llama2": "mmcore", "honeybee": "mmcore"},
+    "template": {"plain": "mmcore", "vicuna_v1": "mmcore", "llama2": "mmcore", "honeybee": "mmcore",
+                 "alpaca": "mmcore"},
     "box_codec": {"honeybee": "mmcore", "minigpt": "mmcore"},
 }

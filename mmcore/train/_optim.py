@@ -28,6 +28,14 @@ def set_trainable(model: Any, manifest: Manifest, stage: StageSpec) -> dict[str,
     return names
 
 
+def _undecayed_gate(module: Any, name: str) -> bool:
+    """An adapter projector's zero-init gates get no weight decay unless it asks for upstream's (ImageBind-LLM
+    decays them: `gate_weight_decay = true`)."""
+    from mmcore.kinds import AdapterProjector
+
+    return isinstance(module, AdapterProjector) and name == "gates" and not module.gate_weight_decay
+
+
 def _schedule(kind: str, warmup: int, total: int) -> Any:
     """transformers' get_{cosine,linear,constant}_schedule_with_warmup as a LambdaLR factor."""
 
@@ -47,14 +55,16 @@ def _schedule(kind: str, warmup: int, total: int) -> Any:
 def build_optimizer(model: Any, manifest: Manifest, stage: StageSpec,
                     total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with one group per (component, decay): LLaVA's projector-lr groups, generalised; biases and
-    norms (1-D parameters) get no weight decay, as in transformers' Trainer."""
+    norms (1-D parameters) get no weight decay, as in transformers' Trainer, nor adapter gates (see
+    `_undecayed_gate`)."""
     rates = {q: lr for entry, lr in stage.lr_per_component.items() for q in qualify(manifest, entry)}
     groups = []
     for name, module in model.components().items():
         params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         lr = rates.get(name, stage.lr)
-        decay = [p for n, p in params if p.ndim > 1]
-        no_decay = [p for n, p in params if p.ndim <= 1]
+        decayed = {n for n, p in params if p.ndim > 1 and not _undecayed_gate(module, n)}
+        decay = [p for n, p in params if n in decayed]
+        no_decay = [p for n, p in params if n not in decayed]
         if decay:
             groups.append({"params": decay, "lr": lr, "weight_decay": stage.weight_decay, "name": f"{name}"})
         if no_decay:

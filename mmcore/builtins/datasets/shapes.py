@@ -2,7 +2,11 @@
 
 Deterministic: scene `i` of a split depends only on (seed, split, i), so any split size, any worker
 and any world size see the same data. It is the embedded default's data and the regression corpus.
-Tasks: `caption`, `vqa/colour`, `vqa/shape`, `vqa/count`, `vqa/spatial`, `refer`, `mask`.
+Tasks: `caption`, `vqa/colour`, `vqa/shape`, `vqa/count`, `vqa/spatial`, `refer`, `mask`, and two that
+need an audio encoder: `audio/colour` (the scene's audio track alone) and `audiovisual/colour` (image and
+audio). The audio track is a tone whose pitch names the colour of the scene's first shape (`TONES`), with
+its own random length, loudness, slight detune and noise; it is drawn from its own generator, so every other
+task's data is what it was.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (230, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-TASKS = ("caption", "vqa/colour", "vqa/shape", "vqa/count", "vqa/spatial", "vqa/position", "refer", "mask")
+TASKS = ("caption", "vqa/colour", "vqa/shape", "vqa/count", "vqa/spatial", "vqa/position", "refer", "mask",
+         "audio/colour", "audiovisual/colour")
+TONES: dict[str, float] = {"red": 220.0, "green": 330.0, "blue": 440.0, "yellow": 660.0, "purple": 880.0,
+                           "orange": 1320.0}  # Hz: far apart on the mel scale
+AUDIO_RATE = 16000
 DEFAULT_TASKS = ("caption", "vqa/colour", "vqa/shape", "vqa/count", "vqa/spatial", "refer", "mask")
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _NUMBERS = ("zero", "one", "two", "three", "four")
@@ -110,6 +118,27 @@ def _draw(shapes: list[Shape], size: int, mode: str = "RGB", only: Shape | None 
     return image
 
 
+def tone(colour: str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """(waveform (samples,) float32, 16000): 1–3 s of the colour's tone, detuned up to 2 %, plus noise."""
+    seconds = float(rng.uniform(1.0, 3.0))
+    t = np.arange(int(seconds * AUDIO_RATE)) / AUDIO_RATE
+    pitch = TONES[colour] * float(rng.uniform(0.98, 1.02))
+    wave = float(rng.uniform(0.2, 0.6)) * np.sin(2 * np.pi * pitch * t + float(rng.uniform(0, 2 * np.pi)))
+    return (wave + 0.01 * rng.standard_normal(len(t))).astype(np.float32), AUDIO_RATE
+
+
+def _audio_sample(task: str, shapes: list[Shape], image: Any,
+                  rng: np.random.Generator) -> tuple[str, str, dict[str, Any]]:
+    """(question, answer, media) of the audio tasks: the tone names the first shape's colour."""
+    first = shapes[0]
+    media: dict[str, list[Any]] = {"audio": [tone(first.colour, rng)]}
+    if task == "audio/colour":
+        return "<audio>\nWhat colour does the tone name?", first.colour, media
+    unique = sum(s.kind == first.kind for s in shapes) == 1
+    subject = "the shape" if len(shapes) == 1 else (f"the {first.kind}" if unique else "the shape the tone names")
+    return f"<image><audio>\nWhat colour is {subject}?", first.colour, {"image": [image], **media}
+
+
 def box_text(box: tuple[int, int, int, int], size: int, style: str) -> str:
     """Honeybee `[x1,y1,x2,y2]` normalised, 3 decimals; MiniGPT-v2 `{<x1><y1><x2><y2>}` in 0–100."""
     if style == "minigpt":
@@ -181,6 +210,11 @@ class SyntheticShapes(Dataset):
         image = _draw(shapes, cfg.image_size)
         sid = f"shapes-{cfg.split}-{scene_index}-{task}"
         targets: dict[str, Any] = {}
+        if task.startswith("audio"):
+            audio_rng = np.random.default_rng([cfg.seed, _SPLITS[cfg.split], scene_index, 7])
+            question, answer, media = _audio_sample(task, shapes, image, audio_rng)
+            return Sample(id=sid, conversation=[Turn("user", question), Turn("assistant", answer)], media=media,
+                          task=task)
         if task == "caption":
             names = [f"{'an' if s.colour[0] in 'aeiou' else 'a'} {s.name}" for s in shapes]
             text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
