@@ -1,4 +1,11 @@
-"""`MultimodalModel`: encoders → projectors → LLM (+ heads, + retriever), one forward, one generate."""
+"""`MultimodalModel`: encoders → projectors → LLM (+ heads, + retriever), one forward, one generate.
+
+Heads run through the dtype policy (`run_in_policy`) on the hidden states their trigger selects; their
+weighted losses join the LM loss, each term kept apart (`ModelOutput.terms`: "lm", "heads.seg.bce", ...).
+`generate_with_heads` returns, with the new tokens, the heads' predictions for every trigger the model
+generated: one forward over prompt + generated ids (batched, left-padded prompts) from which each head reads
+the states of the generated positions — so a batch gives what batch size 1 gives.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +19,9 @@ from torch import nn
 
 from mmcore.kinds import LLM, AdapterProjector, Component, Encoder, Features, Head, Projector, Retriever
 from mmcore.kinds.projector import weighted_mean
-from mmcore.sequence import IGNORE_INDEX, Batch
+from mmcore.sequence import IGNORE_INDEX, Batch, MediaBatch
 
-__all__ = ["ModelOutput", "MultimodalModel", "run_in_policy"]
+__all__ = ["Generation", "ModelOutput", "MultimodalModel", "run_in_policy"]
 
 
 @dataclass
@@ -23,8 +30,23 @@ class ModelOutput:
     lm_loss: torch.Tensor | None
     logits: torch.Tensor  # (B, L, V)
     hidden_states: torch.Tensor  # (B, L, D) last layer
-    head_losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    head_outputs: dict[str, Any] = field(default_factory=dict)
+    head_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # "seg.bce" → weighted term
+    head_outputs: dict[str, Any] = field(default_factory=dict)  # head name → its predictions
+
+    @property
+    def terms(self) -> dict[str, torch.Tensor]:
+        """Every term of `loss` on its own: "lm" and "heads.<head>.<term>"."""
+        lm = {} if self.lm_loss is None else {"lm": self.lm_loss}
+        return {**lm, **{f"heads.{k}": v for k, v in self.head_losses.items()}}
+
+
+@dataclass
+class Generation:
+    """New tokens (B, T) and, per head, its predictions for the triggers the model generated (rows are the
+    batch's samples, in the order generated)."""
+
+    tokens: torch.Tensor
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -77,6 +99,8 @@ class MultimodalModel(nn.Module):
         if retriever is not None and retriever_encoder is not None:
             retriever.bind_encoder(encoders[retriever_encoder])
         self._conditions: dict[str, torch.Tensor] = {}  # adapter projector → (B, L_a, D) while running
+        self.declared_tokens: list[str] = []  # special tokens assembly registered on purpose (answers keep them)
+        self.loss_terms: dict[str, float] = {}  # the last forward's terms as numbers, for the run log (with heads)
         for component in self.components().values():
             if isinstance(component, Component):
                 component.apply_dtype_policy()  # fp16 / bf16 towers keep some parameters fp32
@@ -99,7 +123,10 @@ class MultimodalModel(nn.Module):
 
     @property
     def tokens_per_item(self) -> dict[str, int]:
-        return {m: int(cast(Projector, self.projectors[e]).num_tokens) for m, e in self.modality_encoder.items()}
+        """Tokens per media item of each modality: its projector's count for its encoder's features of that
+        modality (one CLIP + mlp: image N, video T + N)."""
+        return {m: int(cast(Projector, self.projectors[e]).tokens_for(cast(Encoder, self.encoders[e]).feature_spec(m)))
+                for m, e in self.modality_encoder.items()}
 
     # --- adapter mode ---------------------------------------------------------------------------
     def _wire_adapters(self) -> None:
@@ -146,12 +173,19 @@ class MultimodalModel(nn.Module):
         return hook
 
     # --- media -----------------------------------------------------------------------------------
-    def _encode(self, modality: str, media: torch.Tensor, retrieve: bool = True) -> Features:
-        encoder = self.encoders[self.modality_encoder[modality]]
+    def _encode(self, modality: str, items: MediaBatch, retrieve: bool = True) -> Features:
+        """The modality's encoder on its view of `items`, through its frozen-feature cache when one is attached."""
+        name = self.modality_encoder[modality]
+        encoder = cast(Encoder, self.encoders[name])
         frozen = not any(p.requires_grad for p in encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = run_in_policy(encoder, media, modality)  # the encoder's dtype policy (EVA in fp16)
-        return self._retrieve(self.modality_encoder[modality], features) if retrieve else features
+
+        def compute(media: torch.Tensor) -> Features:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                return cast(Features, run_in_policy(encoder, media, modality))  # its dtype policy (EVA in fp16)
+
+        consumer = f"encoders.{name}"
+        features = encoder.through_cache(items.views[consumer], items.meta.get(consumer, []), compute, modality)
+        return self._retrieve(name, features) if retrieve else features
 
     def _retrieve(self, encoder: str, features: Features) -> Features:
         retriever = self.retriever
@@ -169,7 +203,7 @@ class MultimodalModel(nn.Module):
             if self.modality_encoder[modality] == name and modality in batch.media:
                 items = batch.media[modality]
                 fused = projector.fusion == "features"
-                parts[modality] = (self._encode(modality, items.views[f"encoders.{name}"], retrieve=not fused),
+                parts[modality] = (self._encode(modality, items, retrieve=not fused),
                                    items.sample_index)
         if not parts:
             return None
@@ -200,7 +234,7 @@ class MultimodalModel(nn.Module):
             name = self.modality_encoder[modality]
             if modality not in batch.media or name in self._adapters:
                 continue
-            features = self._encode(modality, batch.media[modality].views[f"encoders.{name}"])
+            features = self._encode(modality, batch.media[modality])
             projected = run_in_policy(self.projectors[name], features)  # (N_m, M, D)
             flat.append(projected.reshape(-1, projected.shape[-1]))
         return torch.cat(flat) if flat else None
@@ -230,18 +264,23 @@ class MultimodalModel(nn.Module):
         for name, module in self.heads.items():
             head = cast(Head, module)
             positions = head.positions(batch.input_ids)  # (B, L) bool
-            rows = positions.nonzero()[:, 0]
-            result = head(out.hidden_states[positions], rows, batch.media, batch.targets)
+            rows = positions.nonzero()[:, 0]  # (K,)
+            # Contract: a supervised batch (the Processor's train path) gives every row holding a trigger exactly its
+            # targets — a head meeting a trigger without one raises, never a silent zero loss; a generation batch has
+            # no labels and no targets (None: predictions only).
+            targets = batch.targets if supervised else None
+            result = run_in_policy(head, out.hidden_states[positions], rows, batch.media, targets)
             head_outputs[name] = result.predictions
             for key, value in result.losses.items():
                 head_losses[f"{name}.{key}"] = value
                 loss = value if loss is None else loss + value
-        return ModelOutput(loss, lm, out.logits, out.hidden_states, head_losses, head_outputs)
+        output = ModelOutput(loss, lm, out.logits, out.hidden_states, head_losses, head_outputs)
+        if self.heads:
+            self.loss_terms = {k: float(v.detach()) for k, v in output.terms.items()}
+        return output
 
-    @torch.no_grad()
-    def generate(self, batch: Batch, max_new_tokens: int = 128, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, **generation: Any) -> torch.Tensor:
-        """Left-padded prompts → (B, T) new tokens (greedy by default; KV cache)."""
+    def _options(self, batch: Batch, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                 generation: dict[str, Any]) -> dict[str, Any]:
         if bool((batch.attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding: collate with padding_side='left'")
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, **generation}
@@ -249,8 +288,53 @@ class MultimodalModel(nn.Module):
             options.update(temperature=temperature, top_p=top_p)
         else:
             options.update(temperature=None, top_p=None, top_k=None)
+        return options
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int = 128, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, **generation: Any) -> torch.Tensor:
+        """Left-padded prompts → (B, T) new tokens (greedy by default; KV cache)."""
+        options = self._options(batch, max_new_tokens, do_sample, temperature, top_p, generation)
         try:
             embeds = self.embed(batch)
             return self.llm.generate(embeds, batch.attention_mask, **options)
         finally:
             self._conditions = {}
+
+    @torch.no_grad()
+    def generate_with_heads(self, batch: Batch, max_new_tokens: int = 128, do_sample: bool = False,
+                            temperature: float = 1.0, top_p: float = 1.0, **generation: Any) -> Generation:
+        """`generate`, plus each head's predictions for every trigger the model generated."""
+        options = self._options(batch, max_new_tokens, do_sample, temperature, top_p, generation)
+        try:
+            embeds = self.embed(batch)
+            tokens = self.llm.generate(embeds, batch.attention_mask, **options)
+            eos = options.get("eos_token_id", getattr(self.llm.tokenizer, "eos_token_id", None))
+            return Generation(tokens, self._generated_heads(batch, embeds, tokens, eos))
+        finally:
+            self._conditions = {}
+
+    def _generated_heads(self, batch: Batch, embeds: torch.Tensor, tokens: torch.Tensor,
+                         eos: int | list[int] | None) -> dict[str, dict[str, Any]]:
+        """One forward over prompt + generated tokens (those up to each row's first EOS); each head reads the
+        states its trigger selects among the GENERATED positions (a trigger in the prompt is not an answer's)."""
+        if not self.heads:
+            return {}
+        stops = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos),
+                             dtype=tokens.dtype, device=tokens.device)
+        ended = torch.isin(tokens, stops).long()  # (B, T)
+        live = (ended.cumsum(-1) - ended) == 0  # up to and including the first EOS
+        attention = torch.cat([batch.attention_mask, live.long()], dim=1)  # (B, L + T)
+        chosen = torch.cat([torch.full_like(batch.input_ids, -1), tokens.masked_fill(~live, -1)], dim=1)
+        selections = {n: cast(Head, h).positions(chosen) for n, h in self.heads.items()}  # (B, L + T) each
+        hidden = None
+        if any(bool(s.any()) for s in selections.values()):
+            full = torch.cat([embeds, self.llm.embed(tokens).to(embeds.dtype)], dim=1)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            hidden = self.llm(full, attention, positions).hidden_states  # (B, L + T, D)
+        out = {}
+        for name, module in self.heads.items():
+            selected = selections[name]
+            states = embeds.new_zeros((0, embeds.shape[-1])) if hidden is None else hidden[selected]  # (K, D)
+            out[name] = run_in_policy(module, states, selected.nonzero()[:, 0], batch.media, None).predictions
+        return out

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -c constraints.txt torchvision deepspeed -e ".[dev]" -e plugins/encoders/clip -e plugins/encoders/eva \
+.venv/bin/pip install -q -c constraints.txt torchvision deepspeed pycocotools -e ".[dev]" -e plugins/encoders/clip -e plugins/encoders/eva \
     -e plugins/projectors/mlp \
     -e plugins/projectors/c-abstractor -e plugins/projectors/d-abstractor -e plugins/heads/sam -e plugins/heads/box-decoder
 # ImageBind-LLM: Meta's ImageBind model code WITHOUT its declared dependencies (they pull a torchaudio that breaks

@@ -137,9 +137,11 @@ def prepared_copy(example: Path, folder: Path, data: dict[str, Any]) -> Path:
     """`data` written as `folder/<example name>`, with an empty file for every dataset `path` and an empty
     folder for every `image_folder` of the example, so missing data is never the reported error."""
     for spec in tomllib.loads(example.read_text(encoding="utf-8")).get("data", {}).get("datasets", {}).values():
-        if isinstance(spec.get("path"), str) and not Path(spec["path"]).is_absolute():
-            (folder / spec["path"]).parent.mkdir(parents=True, exist_ok=True)
-            (folder / spec["path"]).touch()
+        paths = spec.get("path")
+        for path in [paths] if isinstance(paths, str) else paths if isinstance(paths, list) else []:
+            if isinstance(path, str) and not Path(path).is_absolute():
+                (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                (folder / path).touch()
         if isinstance(spec.get("image_folder"), str) and not Path(spec["image_folder"]).is_absolute():
             (folder / spec["image_folder"]).mkdir(parents=True, exist_ok=True)
     manifest = folder / example.name

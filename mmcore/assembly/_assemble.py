@@ -17,7 +17,7 @@ import torch
 from mmcore.assembly._build import ComponentSite, Planned, construct, plan_component
 from mmcore.assembly._checks import check_data, check_stage_preprocess
 from mmcore.assembly._params import count, stage_counts
-from mmcore.errors import ManifestError
+from mmcore.errors import ManifestError, MmcoreError
 from mmcore.kinds import AdapterProjector, BuildContext, ComponentConfig, Template
 from mmcore.manifest import LoadedManifest, load_manifest
 from mmcore.model import MultimodalModel
@@ -73,8 +73,19 @@ def _context(loaded: LoadedManifest, name: str, device: torch.device, **wiring: 
     return BuildContext(name=name, device=device, base_dir=loaded.base_dir, **wiring)
 
 
-def _build(loaded: LoadedManifest, plan: dict[str, Planned], device: torch.device) -> dict[str, Any]:
-    """Construct the planned components, wiring dimensions: LLM, encoders, projectors, heads, retriever."""
+def _data_tokens(loaded: LoadedManifest, registry: Registry) -> list[str]:
+    """The special tokens the manifest's datasets declare (their answer format), in manifest order."""
+    tokens: list[str] = []
+    for name, spec in loaded.manifest.data.datasets.items():
+        planned = plan_component(ComponentSite(loaded, ("data", "datasets", name)), registry, "dataset", spec)
+        tokens += cast(Any, planned.resolved.cls).special_tokens(planned.config)
+    return list(dict.fromkeys(tokens))
+
+
+def _build(loaded: LoadedManifest, plan: dict[str, Planned], device: torch.device,
+           data_tokens: list[str]) -> dict[str, Any]:
+    """Construct the planned components, wiring dimensions: LLM, encoders, projectors, heads, retriever.
+    Special tokens: the LLM's own list (at its build), then each head's trigger, then the datasets' tokens."""
     parts: dict[str, Any] = {"llm": construct(plan["llm"], _context(loaded, "llm", device))}
     llm = parts["llm"]
     for qualified, planned in plan.items():
@@ -98,6 +109,7 @@ def _build(loaded: LoadedManifest, plan: dict[str, Planned], device: torch.devic
             parts[qualified] = construct(planned, _context(loaded, name, device, upstream=upstream,
                                                            llm_hidden_size=llm.hidden_size, llm_layout=layout,
                                                            tokenizer=llm.tokenizer))
+            _check_tokens(planned, parts[qualified], parts[f"encoders.{name}"], loaded.manifest.model.encoders[name])
         elif group == "heads":
             head = construct(planned, _context(loaded, name, device, llm_hidden_size=llm.hidden_size,
                                                tokenizer=llm.tokenizer))
@@ -107,7 +119,20 @@ def _build(loaded: LoadedManifest, plan: dict[str, Planned], device: torch.devic
             encoder_name = cast(Any, loaded.manifest.model.retriever).encoder
             parts[qualified] = construct(planned, _context(loaded, "retriever", device,
                                                            upstream=parts[f"encoders.{encoder_name}"].output_spec))
+    if data_tokens:
+        llm.add_special_tokens(data_tokens)
     return parts
+
+
+def _check_tokens(planned: Planned, projector: Any, encoder: Any, spec: Any) -> None:
+    """Every modality of the encoder has a token count through its projector (token counts are per modality:
+    CLIP video is T + N tokens), else one line naming the projector's table."""
+    for modality in spec.modalities:
+        try:
+            projector.tokens_for(encoder.feature_spec(modality))
+        except MmcoreError as err:
+            raise planned.site.error(f"cannot take the {modality} features of encoder '{encoder.name}': {err}",
+                                     "type") from None
 
 
 def _check_budget(loaded: LoadedManifest, model: MultimodalModel) -> int:
@@ -137,7 +162,8 @@ def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | to
     device = torch.device(device)
     if device.type != "meta":
         torch.manual_seed(loaded.manifest.seed)  # random-init components are reproducible
-    parts = _build(loaded, plan, device)
+    data_tokens = _data_tokens(loaded, registry)
+    parts = _build(loaded, plan, device, data_tokens)
     retriever = loaded.manifest.model.retriever
     model = MultimodalModel(
         llm=parts["llm"],
@@ -148,6 +174,9 @@ def assemble_loaded(loaded: LoadedManifest, registry: Registry, device: str | to
         retriever=parts.get("retriever"),
         retriever_encoder=retriever.encoder if retriever else None,
     )
+    heads = [parts[q].trigger_token for q in plan if q.startswith("heads.")]
+    own = list(getattr(parts["llm"].config, "special_tokens", None) or [])
+    model.declared_tokens = list(dict.fromkeys(own + heads + data_tokens))
     if pm is not None:
         pm.hook.mmcore_model_assembled(model=model, manifest=loaded.manifest)
     assembly = Assembly(loaded, model, {q: p.resolved for q, p in plan.items()}, {q: p.config for q, p in plan.items()},

@@ -89,6 +89,9 @@ def construct(planned: Planned, ctx: BuildContext) -> Any:
     """Build a planned component in `ctx` (meta or real) and load its `weights = FILE`."""
     try:
         component = planned.resolved.cls(planned.config, ctx)
+        if getattr(planned.spec, "cache_features", False) and getattr(component, "cached_module", None) is None:
+            raise MmcoreError(f"cache_features: '{planned.spec.type}' has no frozen features to cache (encoders and "
+                              f"heads with a frozen image encoder do); remove the key")
         if planned.spec.weights is not None:
             if not hasattr(component, "adapt_state_dict"):
                 raise MmcoreError(f"weights: '{planned.spec.type}' has no weights to load; remove the key")

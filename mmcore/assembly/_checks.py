@@ -16,11 +16,14 @@ __all__ = ["check_data", "check_stage_preprocess", "stage_datasets"]
 
 
 def stage_datasets(manifest: Any, stage: StageSpec) -> list[str]:
-    """The datasets a stage draws from: its `datasets`, else its mixture's, else all of [data.datasets]."""
+    """The datasets a stage draws from: its `datasets`, else its mixture's (or its `loaders`'), else all of
+    [data.datasets]."""
     if stage.datasets:
         return list(stage.datasets)
     if isinstance(stage.mixture, dict):
         return list(stage.mixture)
+    if stage.loaders:
+        return list(stage.loaders)
     return list(manifest.data.datasets)
 
 
@@ -65,7 +68,29 @@ def _check_stage(loaded: LoadedManifest, registry: Registry, index: int, stage: 
         if missing:
             raise site.error(f"'{stage.mixture}' weighs datasets {sorted(PRESETS[stage.mixture])}; this stage lacks "
                              f"{missing} — name your [data.datasets] tables after them", "mixture")
+    _check_loaders(site, loaded, stage, names)
 
+
+def _check_loaders(site: ComponentSite, loaded: LoadedManifest, stage: StageSpec, names: list[str]) -> None:
+    """`mixture = "minigpt-v2"` and its `loaders`: known datasets of the stage, and no stage key that assumes one
+    batch size."""
+    if stage.mixture != "minigpt-v2":
+        if stage.loaders:
+            raise site.error('per-dataset loaders need mixture = "minigpt-v2" (MiniGPT-v2\'s MultiIterLoader); set '
+                             'it, or remove [stages.loaders]', "loaders")
+        return
+    known = list(loaded.manifest.data.datasets)
+    for name in stage.loaders:
+        if name not in names or name not in known:
+            where = "the stage's datasets" if stage.datasets else "[data.datasets]"
+            choices = names if stage.datasets else known
+            raise site.error(f"names dataset '{name}', which is not among {where}{did_you_mean(name, choices)}; "
+                             f"choose from {choices_text(choices)}", f"loaders.{name}")
+    for key, value in (("global_batch_size", stage.global_batch_size),
+                       ("group_by_modality_length", stage.group_by_modality_length)):
+        if value:
+            raise site.error(f'{key} assumes one batch size; with mixture = "minigpt-v2" each dataset has its own '
+                             f"(loaders) — remove {key} (set gradient_accumulation for more draws per step)", key)
 
 def check_data(loaded: LoadedManifest, registry: Registry, require_files: bool) -> list[str]:
     """Datasets, stage templates and mixtures, the eval template and box codec. Returns notes (data files

@@ -16,8 +16,11 @@ def summary_table(assembly: Assembly) -> str:
     stages = list(assembly.trainable)
     header = ["component", "type", "distribution", "parameters", *[f"train:{s}" for s in stages], "tokens/item"]
     rows = []
-    tokens = {f"projectors.{e}": str(n) for m, n in assembly.tokens_per_item.items()
-              for e in [assembly.model.modality_encoder[m]]}
+    per_projector: dict[str, dict[str, int]] = {}  # token counts are per modality (CLIP: image N, video T + N)
+    for modality, count in assembly.tokens_per_item.items():
+        per_projector.setdefault(f"projectors.{assembly.model.modality_encoder[modality]}", {})[modality] = count
+    tokens = {name: str(next(iter(counts.values()))) if len(counts) == 1 else
+              ", ".join(f"{m} {n}" for m, n in counts.items()) for name, counts in per_projector.items()}
     for name, resolved in assembly.resolved.items():
         rows.append([name, resolved.name, f"{resolved.distribution} {resolved.version}",
                      _n(assembly.parameters[name]), *[_n(assembly.trainable[s][name]) for s in stages],

@@ -30,6 +30,10 @@ class HFCausalLMConfig(ComponentConfig):
     # They are ordinary parameters of the LLM: trained by a stage's `bias_norm`, saved and loaded with it, and
     # declared in the config (`attention_bias`, `mlp_bias`) by `save_pretrained`.
     bias_tuning: list[str] | Literal["llama-adapter"] = Field(default_factory=list)
+    # Special tokens registered at build, in order, before any head's trigger (new rows: the mean of the old
+    # ones). u-LLaVA's vocabulary of 32011, in its id order: stage I [PAD], <image_patch>, <video_patch>, <img_beg>,
+    # </img_end>, <vid_beg>, </vid_end> (32000-32006), then stage II [SEG] 32007, [LOC] 32008, [tag], [/tag].
+    special_tokens: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_source(self) -> HFCausalLMConfig:
@@ -109,6 +113,9 @@ class HFCausalLM(LLM):
             self._resize(len(self.tokenizer))
         if config.bias_tuning:
             self._add_biases(LLAMA_ADAPTER_BIASES if config.bias_tuning == "llama-adapter" else config.bias_tuning)
+        self._counted: list[str] = []  # tokens registered without a tokenizer (a preset on meta): counted only
+        if config.special_tokens:
+            self.add_special_tokens(list(config.special_tokens))
 
     def _add_biases(self, names: tuple[str, ...] | list[str]) -> None:
         """LLaMA-Adapter `ModelArgs.w_bias`: a zero bias on each named linear layer that has none."""
@@ -164,9 +171,12 @@ class HFCausalLM(LLM):
 
     # --- structure -------------------------------------------------------------------------------
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
-        if self.tokenizer is None:  # meta device, preset without tokenizer files: count only
-            self._resize(self.vocab_size + len(tokens))
-            return list(range(self.vocab_size - len(tokens), self.vocab_size))
+        if self.tokenizer is None:  # meta device, preset without tokenizer files: count only (once per token)
+            new = [t for t in dict.fromkeys(tokens) if t not in self._counted]
+            first = self.vocab_size - len(self._counted)  # the base vocabulary
+            self._counted += new
+            self._resize(self.vocab_size + len(new))
+            return [first + self._counted.index(t) for t in tokens]
         self.tokenizer.add_special_tokens({"additional_special_tokens": tokens},
                                           replace_extra_special_tokens=False)
         if len(self.tokenizer) > self.vocab_size:

@@ -21,7 +21,7 @@ from typing import ClassVar
 from mmcore.kinds import Piece, Template, Turn, split_media
 
 __all__ = ["AlpacaTemplate", "HoneybeeCoarseTemplate", "HoneybeeTemplate", "Llama2Template", "PlainTemplate",
-           "VicunaV1Template"]
+           "UllavaTemplate", "VicunaV1Template"]
 
 IMAGE = "<image>"
 
@@ -80,11 +80,14 @@ class VicunaV1Template(Template):
         given = [t.text for t in conversation if t.role == "system"]
         return (given[0] if given else self.system) + self.sep
 
+    def _user(self, text: str) -> str:
+        return llava_multimodal(text)
+
     def render(self, conversation: list[Turn], task: str | None = None) -> list[Piece]:
         text, spans = self._head(conversation), []
         for turn in conversation:
             if turn.role == "user":
-                text += f"{self.roles[0]}: {llava_multimodal(turn.text)}{self.sep}"
+                text += f"{self.roles[0]}: {self._user(turn.text)}{self.sep}"
             elif turn.role == "assistant":
                 text += f"{self.roles[1]}:"
                 start = len(text)
@@ -97,13 +100,28 @@ class VicunaV1Template(Template):
         text = self._head(conversation)
         for turn in conversation:
             if turn.role == "user":
-                text += f"{self.roles[0]}: {llava_multimodal(turn.text)}{self.sep}"
+                text += f"{self.roles[0]}: {self._user(turn.text)}{self.sep}"
             elif turn.role == "assistant":
                 text += f"{self.roles[1]}: {turn.text}{self.sep2}"
         return [Piece(text + f"{self.roles[1]}:", special_tokens=True)]
 
     def stop_strings(self) -> list[str]:
         return [self.sep2]
+
+
+class UllavaTemplate(VicunaV1Template):
+    """u-LLaVA's `conv_sep2` (OPPOMKLab/u-LLaVA `utils/conversation.py`, stage II and inference): LLaVA's vicuna v1
+    layout, but its system prompt says "human" where LLaVA's says "user", and each image is written as its
+    `preprocess_image_text` writes it — `<img_beg>` + the image's tokens + `</img_end>` (u-LLaVA replaces the
+    `<image_patch>` embeddings in place; here the projector's tokens fill the span). Declare `<img_beg>` /
+    `</img_end>` as the LLM's `special_tokens` (examples/ullava-7b.toml) so each is one token, as upstream's."""
+
+    system: ClassVar[str] = ("A chat between a curious human and an artificial intelligence assistant. "
+                             "The assistant gives helpful, detailed, and polite answers to the human's "
+                             "questions.")
+
+    def _user(self, text: str) -> str:
+        return llava_multimodal(text).replace(IMAGE, f"<img_beg>{IMAGE}</img_end>")
 
 
 # MiniGPT-v2 task identifiers (upstream-systems.md §3.2), keyed by our task names' first part.
@@ -134,6 +152,7 @@ class Llama2Template(Template):
 
     def _first(self, text: str, task: str | None) -> str:
         media, question = split_media(text)
+        question += text[len(text.rstrip(" ")):]  # Quirk: caption pool entries ending in " " keep it (3 spaces)
         question = self._tag(task) + question.replace("\n", "")
         if not media:
             return self.prompt_template.format(question)

@@ -167,6 +167,10 @@ def train(run: Path, nproc: int, nnodes: int, node_rank: int, master_addr: str |
 @click.option("--answer-format", type=click.Choice(["none", "short", "choice"]),
               help="LLaVA's line after the question: short = 'Answer the question using a single word or phrase.', "
                    "choice = 'Answer with the option's letter from the given choices directly.'")
+@click.option("--mode", type=click.Choice(["generate", "multi-choice"]),
+              help="multi-choice: answer with the candidate of lowest loss (MiniGPT-v2's multi_select).")
+@click.option("--resample", type=click.IntRange(min=0),
+              help="Re-ask a refer answer without a box up to N times, sampled (MiniGPT-v2's eval_ref.py --resample).")
 def eval_(run: Path, data: tuple[str, ...], image_folder: Path | None, **settings: Any) -> None:
     """Evaluate RUN on its [eval] datasets or --data.
 
@@ -253,9 +257,15 @@ def import_llava(source: Path, output: Path, llm: str | None, vision: str | None
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save", type=click.Path(path_type=Path),
+              help="PNG for the masks and boxes the answer's triggers produced (default: RUN/generate/IMAGE.png).")
 def generate(run: Path, prompt: str, image: tuple[Path, ...], template: str | None, max_new_tokens: int,
-             temperature: float, top_p: float, seed: int) -> None:
-    """Answer PROMPT about the images with RUN's model."""
+             temperature: float, top_p: float, seed: int, save: Path | None) -> None:
+    """Answer PROMPT about the images with RUN's model.
+
+    A model with heads (u-LLaVA's [SEG] / [LOC]) also writes a PNG of the first image with the predicted masks
+    and boxes drawn, and prints its path.
+    """
     for item in image:
         if not item.is_file():
             raise MmcoreError(f"--image {item}: no such file; pass an existing image")
@@ -269,7 +279,15 @@ def generate(run: Path, prompt: str, image: tuple[Path, ...], template: str | No
     options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling}
     if sampling:
         options.update(temperature=temperature, top_p=top_p)
-    click.echo(pipeline.answer(prompt, list(image) or None, template=template, **options))
+    answer = pipeline.answer(prompt, list(image) or None, template=template, return_heads=True, **options)
+    click.echo(answer.text)
+    if answer.overlays and image:
+        from mmcore.eval._draw import draw_overlays
+
+        path = save or run / "generate" / f"{image[0].stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_overlays(image[0], answer.overlays).save(path)
+        click.echo(f"wrote {path} ({len(answer.masks)} mask(s), {len(answer.boxes)} box(es))")
 
 
 @cli.group()

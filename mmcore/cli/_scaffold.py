@@ -129,7 +129,11 @@ class {cls}(Encoder):
         grid = self.patches(media)  # (B, C, h, w)
         return Features(tokens=grid.flatten(2).transpose(1, 2), grid=self.output_spec.grid)
 ''',
-    "head": '''"""`{name}`: regresses a box from the hidden state its trigger token selects (edit me)."""
+    "head": '''"""`{name}`: regresses a box from the hidden state its trigger token selects (edit me).
+
+The data path feeds it the samples whose reply holds its trigger, with one `Sample.targets["boxes"]` item per
+trigger, as `Batch.targets["boxes"]`: a `TargetBatch` (values (K, 4) pixels, sample_index (K,)).
+"""
 
 from typing import Any, ClassVar
 
@@ -138,6 +142,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadConfig, HeadOutput
+from mmcore.sequence import TargetBatch
 
 
 class {cls}Config(HeadConfig):
@@ -146,6 +151,7 @@ class {cls}Config(HeadConfig):
 
 class {cls}(Head):
     Config: ClassVar[type[ComponentConfig]] = {cls}Config
+    target_key: ClassVar[str] = "boxes"  # the Sample.targets key it learns from, one per trigger
 
     def __init__(self, config: {cls}Config, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
@@ -153,17 +159,22 @@ class {cls}(Head):
 
     def example_inputs(self, batch_size: int) -> tuple[Any, ...]:
         hidden = torch.randn(batch_size, self.llm_hidden_size)
-        targets = [{{"boxes": torch.rand(4)}} for _ in range(batch_size)]
-        return hidden, torch.arange(batch_size), {{}}, targets
+        rows = torch.arange(batch_size)
+        return hidden, rows, {{}}, {{"boxes": TargetBatch(torch.rand(batch_size, 4), rows)}}
 
     def forward(self, hidden: torch.Tensor, sample_index: torch.Tensor, media: dict[str, Any],
                 targets: Any) -> HeadOutput:
         boxes = self.box(hidden).sigmoid()  # (K, 4) normalised xyxy
         losses = {{}}
-        if targets:
-            wanted = torch.stack([targets[int(i)]["boxes"] for i in sample_index])
-            losses["l1"] = self.config.loss_weight * F.l1_loss(boxes, wanted)
-        return HeadOutput(predictions=boxes, losses=losses)
+        found = (targets or {{}}).get(self.target_key)
+        if found is not None and len(sample_index):  # the j-th trigger of a row ↔ its j-th target
+            rows, taken = found.rows(), {{}}
+            wanted = []
+            for row in sample_index.tolist():
+                wanted.append(rows[row][taken.get(row, 0)])
+                taken[row] = taken.get(row, 0) + 1
+            losses["l1"] = self.config.loss_weight * F.l1_loss(boxes, torch.stack(wanted).to(boxes))
+        return HeadOutput(predictions={{"boxes": boxes, "sample_index": sample_index}}, losses=losses)
 ''',
 }
 

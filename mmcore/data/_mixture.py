@@ -1,16 +1,25 @@
 """The order in which a stage visits samples: mixtures, epochs, LLaVA's modality-length grouping,
-and each rank's share. The global order depends only on the seed (never on the world size)."""
+MiniGPT-v2's per-dataset loaders, and each rank's share. The global order depends only on the seed (never on
+the world size).
+
+The global order is cut into micro-batches; an optimizer step takes `world × accum` consecutive ones and rank r's
+micro-batch m of step s is micro-batch k = (s·accum + m)·world + r. With one batch size they are the order's
+consecutive slices; MiniGPT-v2's mixture (`loader_draws`) gives each micro-batch the size of the dataset it was
+drawn from. Either way two layouts with the same world × accum see the same samples in every optimizer step.
+"""
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 
 import numpy as np
 
 from mmcore.errors import MmcoreError
 
-__all__ = ["PRESETS", "epoch_order", "group_by_modality_length", "rank_batches", "stage_order"]
+__all__ = ["PRESETS", "epoch_order", "group_by_modality_length", "loader_draws", "loader_steps", "rank_batches",
+           "stage_order"]
 
 Item = tuple[str, int]  # (dataset name, index in it)
 
@@ -113,17 +122,80 @@ def stage_order(epoch_fn: Callable[[int], list[Item]], epochs: float, max_steps:
     return order[:needed], steps
 
 
-def rank_batches(step_start: int, steps: int, rank: int, world: int, batch: int, accum: int) -> list[list[int]]:
+def rank_batches(step_start: int, steps: int, rank: int, world: int, batch: int, accum: int,
+                 bounds: list[int] | None = None) -> list[list[int]]:
     """Positions in the global order of this rank's micro-batches from `step_start` on.
 
-    Step s covers positions [s·G, (s+1)·G) with G = batch·world·accum; its micro-batch m of rank r
-    is the slice at (m·world + r)·batch. A 1-process run with accumulation sees the same samples per
-    optimizer step as an N-process run with the same global batch.
+    Micro-batch m of rank r in step s is the global micro-batch k = (s·accum + m)·world + r: positions
+    [k·batch, (k+1)·batch), or [bounds[k], bounds[k+1]) when micro-batches differ in size (`loader_draws`).
+    With one batch size, step s covers positions [s·G, (s+1)·G) with G = batch·world·accum. A 1-process run
+    with accumulation sees the same samples per optimizer step as an N-process run with the same world × accum.
     """
-    global_batch = batch * world * accum
     out = []
     for step in range(step_start, steps):
         for micro in range(accum):
-            start = step * global_batch + (micro * world + rank) * batch
-            out.append(list(range(start, start + batch)))
+            k = (step * accum + micro) * world + rank
+            start, end = (k * batch, (k + 1) * batch) if bounds is None else (bounds[k], bounds[k + 1])
+            out.append(list(range(start, end)))
     return out
+
+
+class _Stream:
+    """A dataset's own sample stream: epoch after epoch, each a permutation drawn from (seed, name, epoch)."""
+
+    def __init__(self, name: str, size: int, seed: int) -> None:
+        self.key, self.size, self.seed = zlib.crc32(name.encode()), size, seed
+        self.epoch, self.cursor = 0, 0
+        self.perm = np.random.default_rng([seed, self.key, 0]).permutation(size)
+
+    def take(self, count: int) -> list[int]:
+        """The next `count` indices, crossing into the next epoch when one runs out."""
+        out: list[int] = []
+        while len(out) < count:
+            if self.cursor == self.size:
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self.perm = np.random.default_rng([self.seed, self.key, self.epoch]).permutation(self.size)
+            end = min(self.size, self.cursor + count - len(out))
+            out += [int(i) for i in self.perm[self.cursor : end]]
+            self.cursor = end
+        return out
+
+
+def loader_draws(sizes: dict[str, int], loaders: dict[str, tuple[int, float]], seed: int,
+                 draws: int) -> tuple[list[Item], list[int]]:
+    """MiniGPT-v2's `MultiIterLoader` (minigpt4/datasets/datasets/dataloader_utils.py; runner_base.py): every
+    draw picks dataset d with probability sample_ratio_d / Σ ratios and takes its loader's next batch —
+    `batch_size_d` samples of d's own stream (a fresh permutation every pass over d, as `IterLoader` restarts a
+    shuffled DataLoader). `loaders`: name → (batch_size, sample_ratio).
+
+    Returns (order, bounds): draw k is order[bounds[k]:bounds[k+1]]. The picks come from (seed) alone and each
+    stream from (seed, name), so the draws depend only on the seed and a longer run extends a shorter one.
+    Upstream draws per rank with `random.choices` (seeded by seed + rank); here the draws are one sequence shared
+    by every rank (`rank_batches`), so the run does not depend on how the draws are laid out on processes.
+    """
+    names = list(loaders)
+    ratios = np.array([loaders[n][1] for n in names], dtype=float)
+    cdf = np.cumsum(ratios / ratios.sum())
+    uniform = np.random.default_rng([seed, 0x4D475632]).random(draws)  # 'MGV2'
+    picks = np.minimum(np.searchsorted(cdf, uniform, side="right"), len(names) - 1)
+    streams = {n: _Stream(n, sizes[n], seed) for n in names}
+    order: list[Item] = []
+    bounds = [0]
+    for pick in picks:
+        name = names[int(pick)]
+        order += [(name, i) for i in streams[name].take(loaders[name][0])]
+        bounds.append(len(order))
+    return order, bounds
+
+
+def loader_steps(sizes: dict[str, int], loaders: dict[str, tuple[int, float]], epochs: float,
+                 max_steps: int | None, draws_per_step: int, samples_per_epoch: int | None = None) -> int:
+    """Optimizer steps of a MiniGPT-v2 mixture stage: `max_steps` (upstream: max_epoch × iters_per_epoch), else
+    `epochs` passes over `samples_per_epoch` (default: every sample once) at the expected samples per step,
+    draws_per_step × Σ_d p_d · batch_size_d."""
+    if max_steps:
+        return max_steps
+    ratios = np.array([loaders[n][1] for n in loaders], dtype=float)
+    expected = float(np.dot(ratios / ratios.sum(), [loaders[n][0] for n in loaders]))
+    total = samples_per_epoch or sum(sizes[n] for n in loaders)
+    return max(1, math.floor(epochs * total / (draws_per_step * expected)))

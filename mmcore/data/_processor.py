@@ -3,7 +3,8 @@
     sample ──► media views (each component's own preprocessing: encoders, heads, retrievers)
            ──► template (the upstream prompt as tokenizer calls)
            ──► SequenceBuilder (ids, labels, media spans)
-           ──► collate (padding, media stacked per consumer) ──► Batch ──► model
+           ──► the heads' targets, checked against their triggers (the rule in `mmcore.kinds.head`)
+           ──► collate (padding, media stacked per consumer, targets as tensors with rows) ──► Batch ──► model
 
 Training, evaluation, `generate` and the Python API all use it; it carries the tokenizer, templates and
 views — never weights — so data-loader workers can run it under fork or spawn.
@@ -23,9 +24,19 @@ from mmcore.errors import MmcoreError, SampleError, choices_text, did_you_mean
 from mmcore.kinds import MediaView, Sample, Template
 from mmcore.sequence import Batch, Encoded, SequenceBuilder, collate
 
-__all__ = ["Prepared", "Processor"]
+__all__ = ["HeadTrigger", "Prepared", "Processor"]
 
 Item = tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]  # consumer → tensor, consumer → metadata
+
+
+@dataclass(frozen=True)
+class HeadTrigger:
+    """What the data path needs of a head: its trigger (text and id) and the target key it consumes."""
+
+    name: str  # "heads.seg"
+    trigger: str  # "[SEG]"
+    trigger_id: int
+    target_key: str | None  # "masks"; None: the head takes no targets
 
 
 @dataclass
@@ -34,7 +45,7 @@ class Prepared:
 
     encoded: Encoded
     media: dict[str, list[Item]] = field(default_factory=dict)  # modality → items in placeholder order
-    targets: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, Any] = field(default_factory=dict)  # what it feeds the heads: key → items in trigger order
     origin: str = ""  # where it came from, for messages: "dataset#index" (set by the stage's data)
 
 
@@ -65,10 +76,13 @@ class Processor:
     the modality comes first."""
 
     def __init__(self, builder: SequenceBuilder, consumers: dict[str, list[tuple[str, MediaView]]],
-                 templates: dict[str, Template]) -> None:
+                 templates: dict[str, Template], heads: list[HeadTrigger] | None = None,
+                 visible_tokens: list[int] | None = None) -> None:
         self.builder = builder
         self.consumers = consumers
         self.templates = dict(templates)
+        self.heads = list(heads or [])
+        self.visible_tokens = set(visible_tokens or [])  # special tokens answers keep ([SEG], [tag], ...)
 
     @classmethod
     def for_model(cls, model: Any, max_length: int, templates: dict[str, Template],
@@ -83,7 +97,13 @@ class Processor:
                 view = module.media_view()
                 if view is not None and modality in consumers:
                     consumers[modality].append((qualified, view))
-        return cls(SequenceBuilder(model.llm.tokenizer, model.tokens_per_item, max_length), consumers, templates)
+        heads = [HeadTrigger(f"heads.{n}", h.trigger_token, int(h.trigger_id), h.target_key)
+                 for n, h in model.heads.items() if h.trigger_id is not None]
+        tokenizer = model.llm.tokenizer
+        declared = list(getattr(model, "declared_tokens", ()))
+        visible = [int(tokenizer.convert_tokens_to_ids(t)) for t in declared] if tokenizer is not None else []
+        return cls(SequenceBuilder(tokenizer, model.tokens_per_item, max_length), consumers, templates, heads,
+                   visible + [h.trigger_id for h in heads])
 
     @property
     def tokenizer(self) -> Any:
@@ -128,9 +148,38 @@ class Processor:
         return self.builder.encode(pieces, counts, sample.id, train=train)
 
     def prepare(self, sample: Sample, template: str, train: bool) -> Prepared:
-        """Tokens first (cheap, and most bad records fail there), then the media views."""
+        """Tokens first (cheap, and most bad records fail there), then the heads' targets (training and
+        teacher-forced evaluation; a generation prompt has no reply to check), then the media views."""
         encoded = self.encode(sample, template, train)
-        return Prepared(encoded, self.view(sample), sample.targets)
+        targets = self.head_targets(sample, encoded) if train else {}
+        media = self.view(sample)
+        if targets:
+            _check_targets(sample.id, targets, media)
+        return Prepared(encoded, media, targets)
+
+    def head_targets(self, sample: Sample, encoded: Encoded) -> dict[str, list[Any]]:
+        """The targets `sample` feeds the heads with (key → items in trigger order). A sample feeds a head when
+        its conversation holds the head's trigger; then it needs exactly one target per trigger its tokens keep
+        (else a SampleError: `trigger-without-target` / `target-without-trigger`)."""
+        fed: dict[str, list[Any]] = {}
+        for head in self.heads:
+            written = sum(turn.text.count(head.trigger) for turn in sample.conversation)
+            if not written or head.target_key is None:
+                continue
+            kept = encoded.input_ids.count(head.trigger_id)
+            items = sample.targets.get(head.target_key)
+            if items is not None and (isinstance(items, (str, bytes)) or not hasattr(items, "__len__")):
+                raise SampleError(f"sample '{sample.id}': targets['{head.target_key}'] is a {type(items).__name__}, "
+                                  f"not a list with one item per '{head.trigger}'", "bad-target")
+            have = 0 if items is None else len(items)
+            if have != kept:
+                cut = f" ({written - kept} cut off by max_length {self.builder.max_length})" if kept < written else ""
+                raise SampleError(f"sample '{sample.id}': {kept} '{head.trigger}' trigger(s){cut} for {head.name} but "
+                                  f"{have} '{head.target_key}' target(s); each trigger needs exactly one target",
+                                  "trigger-without-target" if have < kept else "target-without-trigger")
+            if kept:
+                fed[head.target_key] = list(items)  # type: ignore[arg-type]  # have == kept > 0
+        return fed
 
     # --- batches ---------------------------------------------------------------------------------
     def collate(self, prepared: list[Prepared], train: bool) -> Batch:
@@ -143,11 +192,41 @@ class Processor:
         return self.collate([self.prepare(s, template, train) for s in samples], train)
 
     def decode(self, new_tokens: torch.Tensor, template: str) -> list[str]:
-        """Generated ids → answers: cut at EOS, decoded, then the template's own post-processing."""
+        """Generated ids → answers: cut at EOS, decoded, then the template's own post-processing. Special tokens
+        are dropped except the declared ones (head triggers, u-LLaVA's `[tag]`), which answers keep as text."""
         tpl = self.template(template)
         eos = self.tokenizer.eos_token_id
+        hidden = set(self.tokenizer.all_special_ids) - self.visible_tokens
         answers = []
         for row in new_tokens.tolist():
             row = row[: row.index(eos)] if eos in row else row
-            answers.append(tpl.answer(self.tokenizer.decode(row, skip_special_tokens=True)))
+            if self.visible_tokens:
+                text = self.tokenizer.decode([t for t in row if t not in hidden], skip_special_tokens=False)
+            else:
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+            answers.append(tpl.answer(text))
         return answers
+
+
+def _check_targets(sid: str, targets: dict[str, list[Any]], media: dict[str, list[Item]]) -> None:
+    """The canonical target kinds: `boxes` are xyxy pixels (x2 ≥ x1, y2 ≥ y1); `masks` are 2-D at the size of
+    the sample's first image (as a view measured it). A bad one is a SampleError (`bad-target`)."""
+    import numpy as np
+
+    images = media.get("image") or []
+    sizes = [m["original_size"] for m in images[0][1].values() if "original_size" in m] if images else []
+    for k, box in enumerate(targets.get("boxes", [])):
+        try:
+            values = np.asarray(box, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        if values.size != 4 or not np.isfinite(values).all() or values[2] < values[0] or values[3] < values[1]:
+            raise SampleError(f"sample '{sid}': box target {k} is {str(box)[:60]}; boxes are [x1, y1, x2, y2] "
+                              f"pixels with x2 ≥ x1 and y2 ≥ y1", "bad-target")
+    for k, mask in enumerate(targets.get("masks", [])):
+        array = np.asarray(mask)
+        shape = tuple(array.shape)
+        if len(shape) != 2 or array.dtype.kind not in "biuf" or (sizes and shape != tuple(sizes[0])):
+            wanted = f"(H, W) = {tuple(sizes[0])}, the image's size" if sizes else "(H, W)"
+            raise SampleError(f"sample '{sid}': mask target {k} has shape {shape} ({array.dtype}); masks are {wanted} "
+                              f"numbers or booleans", "bad-target")

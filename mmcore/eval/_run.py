@@ -13,6 +13,7 @@ from typing import Any
 
 from mmcore.errors import MmcoreError, choices_text, did_you_mean
 from mmcore.eval._evaluate import evaluate, summarize, write_report
+from mmcore.eval._heads import HeadScores
 from mmcore.kinds import BuildContext, Dataset
 from mmcore.manifest import EvalSpec
 from mmcore.pipeline import Pipeline
@@ -80,9 +81,19 @@ def evaluate_run(run_dir: str | Path, datasets: list[str] | None = None, pipelin
     for name in names:
         dataset = _dataset(registry, opened, name, pipeline.tokenizer, image_folder)
         skipped: Counter[str] = Counter()
-        records = evaluate(pipeline, dataset, template, codec, settings.batch_size, settings.max_new_tokens,
-                           settings.limit, settings.answer_format, skipped)
+        heads = HeadScores.of(pipeline.model)
+        if settings.mode == "multi-choice":  # MiniGPT-v2's multi_select: candidates ranked by per-sample loss
+            from mmcore.eval._minigpt import evaluate_choices
+
+            heads = None
+            records = evaluate_choices(pipeline, dataset, template, settings.batch_size, settings.limit, skipped)
+        else:
+            records = evaluate(pipeline, dataset, template, codec, settings.batch_size, settings.max_new_tokens,
+                               settings.limit, settings.answer_format, skipped, heads, settings.resample,
+                               run.lock.resolved.get("seed", 0))
         results[name] = summarize(records, skipped)
+        if heads is not None:
+            results[name]["heads"] = heads.result()
         write_report(records, results[name], run.eval_dir / f"{Path(name).stem}{suffix}", settings.sheet_size)
     run.eval_dir.mkdir(exist_ok=True)
     (run.eval_dir / f"metrics{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -4,7 +4,15 @@ from mmcore.kinds._base import BuildContext, Component, ComponentConfig, Feature
 from mmcore.kinds.codec import Box, BoxCodec
 from mmcore.kinds.dataset import Dataset
 from mmcore.kinds.encoder import Encoder, Features
-from mmcore.kinds.head import Head, HeadConfig, HeadOutput, select_trigger_positions
+from mmcore.kinds.head import (
+    Head,
+    HeadConfig,
+    HeadMetric,
+    HeadOutput,
+    Overlay,
+    select_predictions,
+    select_trigger_positions,
+)
 from mmcore.kinds.llm import LLM, AttentionSite, LMOutput
 from mmcore.kinds.projector import AdapterProjector, Projector
 from mmcore.kinds.retriever import Retriever
@@ -39,9 +47,11 @@ __all__ = [
     "Features",
     "Head",
     "HeadConfig",
+    "HeadMetric",
     "HeadOutput",
     "LMOutput",
     "MediaView",
+    "Overlay",
     "Piece",
     "Projector",
     "Retriever",
@@ -49,6 +59,7 @@ __all__ = [
     "Template",
     "Turn",
     "Viewed",
+    "select_predictions",
     "select_trigger_positions",
     "split_media",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -78,6 +79,12 @@ class Component(nn.Module):
     # Components other than encoders that read raw media themselves (a SAM head's own 1024-px image) name
     # the modalities here and return their preprocessing from `media_view`.
     view_modalities: ClassVar[tuple[str, ...]] = ()
+    # Frozen-feature cache (`cache_features = true` in the manifest; mmcore.cache): the sub-module whose outputs
+    # are cached per media item — "" for the whole component (encoders), "image_encoder" for a SAM head — or None
+    # when the component has nothing to cache. The run attaches `feature_cache`; it is bypassed while that
+    # sub-module trains.
+    cached_module: ClassVar[str | None] = None
+    feature_cache: Any = None
 
     def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
         super().__init__()
@@ -107,6 +114,24 @@ class Component(nn.Module):
     def media_view(self, **preprocessing: Any) -> Any:
         """The component's own preprocessing of raw media (a `MediaView`), or None when it reads none."""
         return None
+
+    def keyed_view(self, view: Any) -> Any:
+        """`view` as it is, or — with a feature cache attached — `view` whose items carry their cache key in their
+        metadata (a digest of the viewed tensor, computed in the data-loader worker). `media_view` returns this."""
+        if self.feature_cache is None:
+            return view
+        from mmcore.cache import KeyedView
+
+        return KeyedView.wrap(view)
+
+    def through_cache(self, inputs: torch.Tensor, metadata: Sequence[dict[str, Any]],
+                      compute: Callable[[torch.Tensor], Any], tag: str = "") -> Any:
+        """`compute(inputs)` for N items (inputs (N, ...), their view metadata), where `compute` runs
+        `cached_module`: with a feature cache attached, the items it holds are read back and only the others
+        computed and stored; without one (or while that module trains), exactly `compute(inputs)`."""
+        if self.feature_cache is None:
+            return compute(inputs)
+        return self.feature_cache.run(self, inputs, metadata, compute, tag)
 
     @classmethod
     def tiny_wiring(cls) -> dict[str, Any]:

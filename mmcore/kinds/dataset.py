@@ -24,6 +24,12 @@ class Dataset(DataComponent, TorchDataset):  # type: ignore[type-arg]
         Assembly checks they exist before any training starts."""
         return {}
 
+    @classmethod
+    def special_tokens(cls, config: Any) -> list[str]:
+        """Tokens its text uses that must be single special tokens (u-LLaVA's answer format: `[tag]`, `[/tag]`).
+        Assembly registers them with the LLM after the heads' triggers; answers keep them as text."""
+        return []
+
     @abstractmethod
     def __len__(self) -> int: ...
 

@@ -36,6 +36,7 @@ class Encoder(Component):
     modalities: ClassVar[tuple[str, ...]] = ("image",)
     # Config fields that only change `media_view`; a stage may override them (`[stages.preprocess.NAME]`).
     preprocessing_fields: ClassVar[tuple[str, ...]] = ()
+    cached_module: ClassVar[str | None] = ""  # `cache_features = true` caches the whole encoder's Features
 
     @classmethod
     def check_preprocessing(cls, config: Any, **options: Any) -> Any:
@@ -55,6 +56,11 @@ class Encoder(Component):
     @abstractmethod
     def output_spec(self) -> FeatureSpec:
         """Dimension, token count and grid of the features of one media item."""
+
+    def feature_spec(self, modality: str) -> FeatureSpec:
+        """The features of one item of `modality`: `output_spec` unless the encoder shapes a modality its own way
+        (CLIP video: T temporal + N spatial tokens, no grid — u-LLaVA `encode_video`)."""
+        return self.output_spec
 
     @abstractmethod
     def input_shape(self, modality: str) -> tuple[int, ...]:

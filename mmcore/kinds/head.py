@@ -1,16 +1,26 @@
-"""Task heads read LLM hidden states at the positions a trigger token selects ([SEG], [LOC])."""
+"""Task heads read LLM hidden states at the positions a trigger token selects ([SEG], [LOC]).
+
+The rule that decides which samples feed a head (checked by the data `Processor`, documented in README):
+a sample feeds a head when its conversation holds the head's trigger token; its targets under the head's
+`target_key` are then the head's, one per trigger, in order. A sample with more triggers than targets
+(`trigger-without-target`) or more targets than triggers (`target-without-trigger`, e.g. a reply whose
+trigger was cut off by `max_length`) is skipped and counted. A sample without the trigger does not feed
+the head, whatever targets it carries (synthetic-shapes `refer` keeps its `boxes` for the text-box metric).
+"""
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
 from mmcore.kinds._base import BuildContext, Component, ComponentConfig
 
-__all__ = ["Head", "HeadConfig", "HeadOutput", "select_trigger_positions"]
+__all__ = ["Head", "HeadConfig", "HeadMetric", "HeadOutput", "Overlay", "select_predictions",
+           "select_trigger_positions"]
 
 
 class HeadConfig(ComponentConfig):
@@ -22,8 +32,31 @@ class HeadConfig(ComponentConfig):
 
 @dataclass
 class HeadOutput:
+    # Contract: every tensor in `predictions` is per prompt — first dimension K, aligned with
+    # `predictions["sample_index"]` (K,) — so the core can split and select them without knowing the head.
     predictions: Any
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # already weighted
+
+
+@dataclass
+class Overlay:
+    """Something a head predicted (or a reference target), to draw over its image."""
+
+    kind: Literal["mask", "box"]
+    value: Any  # mask: (H, W) bool numpy array at the image's size; box: (x1, y1, x2, y2) pixels of the image
+    head: str = ""
+
+
+class HeadMetric(Protocol):
+    """A head's metric accumulator (`Head.metrics()`): sums plain numbers, so ranks and batches add up."""
+
+    def update(self, predictions: dict[str, Any], targets: Any) -> None:
+        """Predictions of a batch (one per target, in order per row) against its `TargetBatch` mapping."""
+
+    def miss(self, target: Any) -> None:
+        """A target the model gave no prediction for (free-running: it never generated the trigger)."""
+
+    def result(self) -> dict[str, float]: ...
 
 
 def select_trigger_positions(input_ids: torch.Tensor, trigger_id: int, select: str) -> torch.Tensor:
@@ -39,11 +72,19 @@ def select_trigger_positions(input_ids: torch.Tensor, trigger_id: int, select: s
     return before
 
 
+def select_predictions(predictions: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The predictions of the prompts `keep` selects ((K,) bool or indices), per the HeadOutput contract."""
+    count = int(predictions["sample_index"].numel())
+    return {k: v[keep.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == count else v
+            for k, v in predictions.items()}
+
+
 class Head(Component):
     """Base head. Assembly registers `trigger_token` with the LLM and passes `ctx.llm_hidden_size`."""
 
     kind: ClassVar[str] = "head"
     Config: ClassVar[type[ComponentConfig]] = HeadConfig
+    target_key: ClassVar[str | None] = None  # the Sample.targets key it consumes, one per trigger ("masks")
 
     def __init__(self, config: ComponentConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
@@ -61,5 +102,19 @@ class Head(Component):
 
     @abstractmethod
     def forward(self, hidden: torch.Tensor, sample_index: torch.Tensor, media: dict[str, Any],
-                targets: dict[str, Any] | None) -> HeadOutput:
-        """hidden (K, D) at the selected positions, sample_index (K,) → predictions and losses."""
+                targets: Mapping[str, Any] | None) -> HeadOutput:
+        """hidden (K, D) at the selected positions, sample_index (K,), targets (`Batch.targets`: key →
+        `TargetBatch`, or None at inference) → predictions and losses."""
+
+    def metrics(self) -> HeadMetric | None:
+        """A fresh metric accumulator for evaluation, or None when the head has no metric."""
+        return None
+
+    def overlays(self, predictions: dict[str, Any]) -> list[Overlay]:
+        """What to draw for the predictions of ONE sample (`split` of a batch's), in trigger order."""
+        return []
+
+    def split(self, predictions: dict[str, Any], batch_size: int) -> list[dict[str, Any]]:
+        """A batch's predictions → one dict per batch row (its prompts in order)."""
+        rows = predictions["sample_index"]
+        return [select_predictions(predictions, rows == row) for row in range(batch_size)]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcore.errors import MmcoreError
 from mmcore.kinds._base import BuildContext, Component, ComponentConfig, FeatureSpec
 from mmcore.kinds.encoder import Features
 
@@ -44,6 +45,19 @@ class Projector(Component):
     @abstractmethod
     def num_tokens(self) -> int:
         """Visual tokens per media item that this projector puts into the sequence."""
+
+    def tokens_for(self, spec: FeatureSpec) -> int:
+        """Tokens this projector puts into the sequence for one item whose features have `spec` (its encoder's
+        `feature_spec(modality)`; token counts are per modality). By default only the features it was built for
+        (`input_spec`) → `num_tokens`; a projector that maps each token to one token takes any count (mlp, linear:
+        CLIP video's T + N)."""
+        if spec == self.input_spec:
+            return self.num_tokens
+        built = self.input_spec
+        raise MmcoreError(f"{type(self).__name__} was built for {built.num_tokens} tokens of width {built.dim} (grid "
+                          f"{built.grid}) and cannot take {spec.num_tokens} tokens of width {spec.dim} (grid "
+                          f"{spec.grid}); give that modality its own encoder and projector, or use a per-token "
+                          f"projector (mlp, linear)")
 
     @abstractmethod
     def forward(self, features: Features) -> torch.Tensor:
@@ -71,6 +85,9 @@ class AdapterProjector(Projector):
     @property
     def num_tokens(self) -> int:
         return 0
+
+    def tokens_for(self, spec: FeatureSpec) -> int:
+        return 0  # adapter mode: the condition enters the layers, the placeholder expands to nothing
 
     def condition_for_layer(self, condition: torch.Tensor, layer: int) -> torch.Tensor | None:
         """The condition seen by `layer` (ImageBind-LLM adds a per-layer prefix query here), or None when the

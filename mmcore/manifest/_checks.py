@@ -13,7 +13,7 @@ from mmcore.manifest._schema import Manifest
 __all__ = ["MIXTURES", "check_manifest", "component_names", "load_plugin_files"]
 
 # Mixture strategies and tuned presets a stage may name (see mmcore.train._mixture).
-MIXTURES = ("uniform", "per-task", "size-proportional", "honeybee-finetune", "honeybee-pretrain")
+MIXTURES = ("uniform", "per-task", "size-proportional", "honeybee-finetune", "honeybee-pretrain", "minigpt-v2")
 
 
 def _error(loaded: Any, loc: tuple[str | int, ...], message: str) -> ManifestError:

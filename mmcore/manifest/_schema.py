@@ -14,6 +14,7 @@ __all__ = [
     "EncoderSpec",
     "EvalSpec",
     "HeadSpec",
+    "LoaderSpec",
     "LoraSpec",
     "Manifest",
     "ModelSpec",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 # Keys of a component table that the core reads; every other key belongs to the component.
-GENERIC_KEYS = {"type", "modalities", "encoder", "weights", "pack_turns", "dedup"}
+GENERIC_KEYS = {"type", "modalities", "encoder", "weights", "pack_turns", "dedup", "cache_features"}
 
 
 class _Strict(BaseModel):
@@ -40,6 +41,9 @@ class ComponentSpec(BaseModel):
     # such as LLaVA's `mm_projector.bin` (its `--pretrain_mm_mlp_adapter`); keys go through the
     # component's `adapt_state_dict`.
     weights: str | None = None
+    # Frozen-feature cache (mmcore.cache): store this component's frozen outputs per media item under
+    # RUN/feature-cache/ (an encoder's features; a SAM head's image embeddings) and reuse them across epochs and stages
+    cache_features: bool = False
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if k not in GENERIC_KEYS}
@@ -91,6 +95,14 @@ class DataSpec(_Strict):
     strict: bool = False  # stop at the first bad record instead of skipping it
 
 
+class LoaderSpec(_Strict):
+    """One dataset's loader under `mixture = "minigpt-v2"` (MiniGPT-v2's `datasets.<name>.batch_size` /
+    `sample_ratio`): its own per-device batch, drawn with probability ∝ `sample_ratio`."""
+
+    batch_size: PositiveInt | None = None  # default: the stage's batch_size
+    sample_ratio: float = Field(1.0, gt=0)
+
+
 class StageSpec(_Strict):
     name: str  # names files (RUN/plots/loss-NAME.png, checkpoints): letters, digits, '.', '_', '-'
     trainable: list[str] = Field(default_factory=list)  # "llm", "projectors", "projectors.vision", ...
@@ -102,13 +114,20 @@ class StageSpec(_Strict):
     mixture: dict[str, float] | str = "uniform"
     sample_cap: PositiveInt | None = None  # size-proportional: at most this many per dataset (Honeybee)
     samples_per_epoch: PositiveInt | None = None  # weighted mixtures: draws per epoch (default: total size)
+    # mixture = "minigpt-v2": each dataset's loader (batch_size, sample_ratio); unnamed datasets: the stage's
+    # batch_size, ratio 1. Every micro-batch is one draw of one dataset (its MultiIterLoader)
+    loaders: dict[str, LoaderSpec] = Field(default_factory=dict)
     epochs: float = Field(1.0, gt=0)
     max_steps: PositiveInt | None = None
     lr: float = Field(1e-3, gt=0)
     lr_per_component: dict[str, float] = Field(default_factory=dict)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    # "linear-warmup-cosine": LAVIS/MiniGPT-4's LinearWarmupCosineLRScheduler (warm-up from warmup_lr, then a
+    # cosine over the whole stage to min_lr)
+    schedule: Literal["cosine", "constant", "linear", "linear-warmup-cosine"] = "cosine"
+    min_lr: float = Field(0.0, ge=0)  # where cosine / linear decay ends (a component's own lr scales it)
+    warmup_lr: float = Field(0.0, ge=0)  # where the linear warm-up starts
     batch_size: PositiveInt = 8  # per device
     global_batch_size: PositiveInt | None = None  # sets gradient accumulation from the world size
     gradient_accumulation: PositiveInt = 1
@@ -147,6 +166,10 @@ class EvalSpec(_Strict):
     # LLaVA's answer-format line after the question: "short" (single word or phrase), "choice" (option letter)
     answer_format: Literal["none", "short", "choice"] = "none"
     sheet_size: int = Field(12, ge=0)  # images on the PNG sheet
+    # "generate": greedy answers scored against the reference; "multi-choice": MiniGPT-v2's multi_select, the
+    # candidate answers (a sample's `choices`, else its task's answers in the dataset) ranked by per-sample loss
+    mode: Literal["generate", "multi-choice"] = "generate"
+    resample: int = Field(0, ge=0)  # eval_ref.py --resample: rounds re-asking (sampled) boxes that did not parse
 
 
 class PluginsSpec(_Strict):

@@ -5,6 +5,7 @@
     RUN/plugins/           copies of the manifest's local plugin files, with their sha256 in the lock
     RUN/checkpoints/       training checkpoints        RUN/weights/   the final model (+ run.json)
     RUN/log.jsonl, plots/, eval/, tensorboard/         RUN/train.pid  the trainer holding the run
+    RUN/feature-cache/     frozen features of components with `cache_features = true` (mmcore.cache)
 
 Paths in the manifest resolve against the folder the manifest was assembled from (`base_dir` in the lock),
 never against RUN. Re-assembling over a run that has trained needs `force`.
@@ -152,14 +153,23 @@ class Run:
         print(f"running local plugin files of {self.root}: {names}", file=sys.stderr)
         return {e["name"]: self.root / e["copy"] for e in entries}
 
+    @property
+    def feature_cache_dir(self) -> Path:
+        return self.root / "feature-cache"
+
     def assemble(self, device: str = "cpu") -> Any:
-        """The run's model from its own files, on `device` (weights from the manifest's sources)."""
+        """The run's model from its own files, on `device` (weights from the manifest's sources), with the
+        frozen-feature caches its manifest asks for (`cache_features`) under RUN/feature-cache/."""
         from mmcore.assembly import assemble
+        from mmcore.cache import attach_feature_caches
 
         lock = self.lock
         hints = {(c["type"], c["distribution"]) for c in lock.components.values()}
-        return assemble(self.manifest_path, device=device, base_dir=lock.base_dir, display=lock.manifest_source,
-                        plugin_files=self.plugin_files(), providers=hints)
+        assembly = assemble(self.manifest_path, device=device, base_dir=lock.base_dir, display=lock.manifest_source,
+                            plugin_files=self.plugin_files(), providers=hints)
+        if str(device) != "meta":
+            attach_feature_caches(assembly, self.feature_cache_dir)
+        return assembly
 
     def default_template(self) -> str:
         """`[eval] template`, else the last stage's, else LLaVA's `vicuna_v1`."""

@@ -1,4 +1,4 @@
-"""Collating encoded samples and their media views into one `Batch` of tensors."""
+"""Collating encoded samples, their media views and their targets into one `Batch` of tensors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from mmcore.sequence._builder import Encoded, SequenceBuilder
 
-__all__ = ["Batch", "MediaBatch", "collate"]
+__all__ = ["Batch", "MediaBatch", "TargetBatch", "collate", "target_batches"]
 
 Item = tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]  # consumer → tensor, consumer → metadata
 
@@ -27,6 +27,72 @@ class MediaBatch:
 
 
 @dataclass
+class TargetBatch:
+    """One kind of target ("masks", "boxes") of a batch, as tensors with the batch row of each.
+
+    Boxes: `values` (K, 4). Masks (2-D items of different sizes): `values` (K, H_max, W_max) padded with 0
+    bottom-right and `sizes` (K, 2) giving each item's own (H, W). Items of one row keep their order (the
+    j-th target of a row belongs to its j-th trigger).
+    """
+
+    values: torch.Tensor  # (K, ...)
+    sample_index: torch.Tensor  # (K,) long: the batch row of each target
+    sizes: torch.Tensor | None = None  # (K, 2) long: each 2-D item's own (H, W), or None
+
+    def __len__(self) -> int:
+        return int(self.sample_index.numel())
+
+    def to(self, device: torch.device | str) -> TargetBatch:
+        sizes = None if self.sizes is None else self.sizes.to(device)
+        return TargetBatch(self.values.to(device), self.sample_index.to(device), sizes)
+
+    def rows(self) -> dict[int, list[torch.Tensor]]:
+        """Batch row → its items in order (masks cropped to their own size)."""
+        out: dict[int, list[torch.Tensor]] = {}
+        for k, row in enumerate(self.sample_index.tolist()):
+            value = self.values[k]
+            if self.sizes is not None:
+                height, width = (int(s) for s in self.sizes[k].tolist())
+                value = value[:height, :width]
+            out.setdefault(int(row), []).append(value)
+        return out
+
+    @classmethod
+    def from_rows(cls, rows: dict[int, list[Any]]) -> TargetBatch | None:
+        """Batch row → its items (arrays, lists or tensors of one rank) → one TargetBatch; None when empty.
+        Vectors (boxes) become float32; 2-D items (masks) stay float32 when floating, else uint8 (0, 1, 255 =
+        ignore)."""
+        import numpy as np
+
+        items = [(row, torch.as_tensor(np.asarray(v))) for row, values in sorted(rows.items()) for v in values]
+        if not items:
+            return None
+        index = torch.tensor([row for row, _ in items], dtype=torch.long)
+        tensors = [t.float() if t.is_floating_point() or t.dim() < 2 else t.to(torch.uint8) for _, t in items]
+        if len({t.dim() for t in tensors}) > 1:
+            raise ValueError(f"targets of one kind mix shapes {sorted({tuple(t.shape) for t in tensors})}")
+        if tensors[0].dim() < 2:
+            return cls(torch.stack(tensors), index)
+        sizes = torch.tensor([list(t.shape[-2:]) for t in tensors], dtype=torch.long)  # (K, 2)
+        height, width = (int(v) for v in sizes.max(dim=0).values)
+        padded = tensors[0].new_zeros((len(tensors), *tensors[0].shape[:-2], height, width))
+        for k, tensor in enumerate(tensors):
+            padded[k, ..., : tensor.shape[-2], : tensor.shape[-1]] = tensor
+        return cls(padded, index, sizes)
+
+
+def target_batches(per_row: list[dict[str, list[Any]]]) -> dict[str, TargetBatch]:
+    """One dict of targets per batch row ({"masks": [...], "boxes": [...]}) → key → TargetBatch."""
+    keys = dict.fromkeys(k for row in per_row for k in row)
+    out = {}
+    for key in keys:
+        found = TargetBatch.from_rows({r: list(row[key]) for r, row in enumerate(per_row) if row.get(key) is not None})
+        if found is not None:
+            out[key] = found
+    return out
+
+
+@dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, L) long; media positions hold the pad id
     attention_mask: torch.Tensor  # (B, L) long
@@ -35,12 +101,13 @@ class Batch:
     media_token_index: torch.Tensor  # (B, L) long: row of the flat media-token matrix, or -1 for text
     media: dict[str, MediaBatch] = field(default_factory=dict)  # modality → its items
     sample_ids: list[str] = field(default_factory=list)
-    targets: list[dict[str, Any]] = field(default_factory=list)
+    targets: dict[str, TargetBatch] = field(default_factory=dict)  # what the heads consume ("masks", "boxes")
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
                      self.labels.to(device), self.media_token_index.to(device),
-                     {m: b.to(device) for m, b in self.media.items()}, self.sample_ids, self.targets)
+                     {m: b.to(device) for m, b in self.media.items()}, self.sample_ids,
+                     {k: t.to(device) for k, t in self.targets.items()})
 
 
 def _media_index(encoded: list[Encoded], offsets: list[int], width: int, order: list[str],
@@ -78,7 +145,8 @@ def _stack(media: list[dict[str, list[Item]]], order: list[str]) -> dict[str, Me
 def collate(builder: SequenceBuilder, encoded: list[Encoded], media: list[dict[str, list[Item]]],
             order: list[str], padding_side: Literal["left", "right"],
             targets: list[dict[str, Any]] | None = None) -> Batch:
-    """Pad (right for training, left for generation) and stack media in placeholder order."""
+    """Pad (right for training, left for generation), stack media in placeholder order and targets as tensors
+    with their rows (`targets`: one dict per sample of the items the heads consume)."""
     padded = builder.pad(encoded, padding_side)
     attention_mask = torch.tensor(padded["attention_mask"], dtype=torch.long)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -86,4 +154,4 @@ def collate(builder: SequenceBuilder, encoded: list[Encoded], media: list[dict[s
     index = _media_index(encoded, padded["offsets"], width, order, builder.tokens_per_item)
     return Batch(torch.tensor(padded["input_ids"], dtype=torch.long), attention_mask, position_ids,
                  torch.tensor(padded["labels"], dtype=torch.long), index, _stack(media, order),
-                 [e.sample_id for e in encoded], targets or [{} for _ in encoded])
+                 [e.sample_id for e in encoded], target_batches(targets or []))

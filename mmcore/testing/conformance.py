@@ -62,8 +62,8 @@ def example_forward(kind: str, component: Any, batch_size: int = 2) -> Any:
     """Run `component` on tiny random inputs and check the output shapes its kind promises."""
     if isinstance(component, Encoder):
         out = {}
-        spec = component.output_spec
         for modality in component.modalities:
+            spec = component.feature_spec(modality)  # token counts are per modality (CLIP video: T + N)
             features = component(torch.randn(batch_size, *component.input_shape(modality)), modality)
             assert features.tokens.shape == (batch_size, spec.num_tokens, spec.dim), features.tokens.shape
             if spec.grid is not None:

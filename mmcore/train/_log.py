@@ -11,7 +11,16 @@ from typing import Any
 
 from mmcore.errors import MmcoreError
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "mean_terms"]
+
+
+def mean_terms(terms: list[dict[str, float]]) -> dict[str, float]:
+    """The loss terms of a step's micro-batches (this rank's) → each term's mean over those that had it."""
+    sums: dict[str, list[float]] = {}
+    for micro in terms:
+        for key, value in micro.items():
+            sums.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in sums.items()}
 
 
 class RunLog:
@@ -50,17 +59,21 @@ class RunLog:
                 raise MmcoreError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard" / stage))
 
-    def step(self, stage: str, step: int, loss: float, lr: float, tokens: int, log: bool) -> dict[str, float]:
+    def step(self, stage: str, step: int, loss: float, lr: float, tokens: int, log: bool,
+             terms: dict[str, float] | None = None) -> dict[str, float]:
+        """`terms`: the loss's terms on their own ("lm", "heads.seg.bce", ...) when the model has heads."""
         self._tokens += tokens
         elapsed = max(time.perf_counter() - self._since, 1e-9)
-        metrics = {"loss": loss, "lr": lr, "tokens_per_s": self._tokens / elapsed}
+        metrics = {"loss": loss, "lr": lr, "tokens_per_s": self._tokens / elapsed, **(terms or {})}
+        parts = "".join(f" {key} {value:.4f}" for key, value in (terms or {}).items())
         self.losses.append((step, loss))
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in (terms or {}).items()},
+                                 lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         if log and self.enabled and self.bar is None:  # not a terminal: one plain line per logged step
             left = elapsed / max(step - self._first_step, 1) * (self._steps - step)
-            print(f"[{stage}] step {step}/{self._steps} loss {loss:.4f} lr {lr:.2e} tok/s "
+            print(f"[{stage}] step {step}/{self._steps} loss {loss:.4f}{parts} lr {lr:.2e} tok/s "
                   f"{metrics['tokens_per_s']:.0f} eta {time.strftime('%H:%M:%S', time.gmtime(left))}", flush=True)
         if log:
             self.event(kind="step", stage=stage, step=step, **metrics)

@@ -36,18 +36,27 @@ def _undecayed_gate(module: Any, name: str) -> bool:
     return isinstance(module, AdapterProjector) and name == "gates" and not module.gate_weight_decay
 
 
-def _schedule(kind: str, warmup: int, total: int) -> Any:
-    """transformers' get_{cosine,linear,constant}_schedule_with_warmup as a LambdaLR factor."""
+def _schedule(kind: str, warmup: int, total: int, floor: float = 0.0, start: float = 0.0) -> Any:
+    """A LambdaLR factor of the stage's lr. `floor` = min_lr / lr, `start` = warmup_lr / lr.
+
+    cosine / linear / constant: transformers' get_*_schedule_with_warmup (warm-up from `start`), decaying to
+    `floor` instead of 0 (floor 0, start 0: exactly transformers'). linear-warmup-cosine: LAVIS' (MiniGPT-4
+    `minigpt4/common/optims.py`) LinearWarmupCosineLRScheduler — min(1, start + (1 − start)·t/W) while t < W,
+    then floor + (1 − floor)·½(1 + cos(π·t/T)), t counted from the stage's first step (warm-up included)."""
 
     def factor(step: int) -> float:
+        if kind == "linear-warmup-cosine":
+            if step < warmup:
+                return min(1.0, start + (1.0 - start) * step / max(warmup, 1))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * step / total))
         if step < warmup:
-            return step / max(1, warmup)
+            return start + (1.0 - start) * step / max(1, warmup)
         if kind == "constant":
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+            return floor + (1.0 - floor) * max(0.0, 1.0 - progress)
+        return floor + (1.0 - floor) * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return factor
 
@@ -71,5 +80,6 @@ def build_optimizer(model: Any, manifest: Manifest, stage: StageSpec,
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"})
     optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.999), eps=1e-8)
     warmup = math.ceil(stage.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(stage.schedule, warmup, total_steps))
+    factor = _schedule(stage.schedule, warmup, total_steps, stage.min_lr / stage.lr, stage.warmup_lr / stage.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return optimizer, scheduler

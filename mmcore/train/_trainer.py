@@ -30,8 +30,10 @@ from mmcore.data import (
     rank_batches,
     stage_order,
 )
+from mmcore.data._mixture import loader_draws, loader_steps
 from mmcore.errors import MmcoreError, SampleError
 from mmcore.manifest import StageSpec
+from mmcore.manifest._schema import LoaderSpec
 from mmcore.run import Run
 from mmcore.train._checkpoint import (
     TrainState,
@@ -59,7 +61,7 @@ from mmcore.train._engine import (
     shared,
     stop_rank,
 )
-from mmcore.train._log import RunLog
+from mmcore.train._log import RunLog, mean_terms
 from mmcore.train._optim import build_optimizer, set_trainable
 
 __all__ = ["Trainer", "train"]
@@ -74,6 +76,12 @@ def _batch_plan(stage: StageSpec, world: World) -> tuple[int, int]:
         raise MmcoreError(f"stage '{stage.name}': global_batch_size {stage.global_batch_size} is not a multiple "
                           f"of batch_size {stage.batch_size} × {world.size} processes; adjust one of them")
     return stage.batch_size, stage.global_batch_size // per_step
+
+
+def _loaders(stage: StageSpec, names: list[str]) -> dict[str, tuple[int, float]]:
+    """mixture = "minigpt-v2": each dataset's (batch size, sample ratio); the stage's batch_size and 1 unless set."""
+    specs = {n: stage.loaders.get(n, LoaderSpec()) for n in names}
+    return {n: (spec.batch_size or stage.batch_size, spec.sample_ratio) for n, spec in specs.items()}
 
 
 def _write(root: Path, folder: Path, work: Callable[[], None]) -> None:
@@ -119,6 +127,7 @@ class Trainer:
         self.model = self.assembly.model
         self.modules = self.model.components()
         self.log = RunLog(run.root, world.is_main)
+        self.bounds: dict[str, list[int]] = {}  # stage → micro-batch bounds when its micro-batches differ in size
         self.checkpoint = self._resume_point()
         if self.checkpoint is None:
             _refuse_imported_adapters(run)
@@ -186,7 +195,13 @@ class Trainer:
             named = _describe(datasets, empty, self.assembly.loaded.base_dir)
             raise MmcoreError(f"stage '{stage.name}': the stage's datasets are empty: {named} has no records; add "
                               f"records to it or drop it from the stage's datasets")
-        order, steps = stage_order(epoch, stage.epochs, stage.max_steps, global_batch)
+        if stage.mixture == "minigpt-v2":  # one draw of one dataset per micro-batch, world × accum per step
+            loaders = _loaders(stage, list(sizes))
+            draws = self.world.size * _batch_plan(stage, self.world)[1]
+            steps = loader_steps(sizes, loaders, stage.epochs, stage.max_steps, draws, stage.samples_per_epoch)
+            order, self.bounds[stage.name] = loader_draws(sizes, loaders, seed, steps * draws)
+        else:
+            order, steps = stage_order(epoch, stage.epochs, stage.max_steps, global_batch)
         processor = Processor.for_model(self.model, self.assembly.max_length, self.assembly.templates, stage.preprocess)
         return StageData(processor, datasets, order, stage.template), steps
 
@@ -332,7 +347,8 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         start = self.state.step  # this process's first step of the stage (0, or where it resumed)
-        plan = rank_batches(self.state.step, self.state.steps, self.world.rank, self.world.size, batch, accum)
+        plan = rank_batches(self.state.step, self.state.steps, self.world.rank, self.world.size, batch, accum,
+                            self.bounds.get(stage.name))
         workers = self.manifest.data.num_workers
         loader = DataLoader(data, batch_sampler=plan, collate_fn=data.collate, num_workers=workers,
                             generator=torch.Generator().manual_seed(self.manifest.seed))
@@ -342,7 +358,7 @@ class Trainer:
         self._last_save = time.monotonic()
         used = 0
         for step in range(self.state.step, self.state.steps):
-            losses, tokens = [], 0
+            losses, tokens, terms = [], 0, []
             for micro in range(accum):
                 loaded = next(batches)
                 for reason, count in loaded.skipped.items():
@@ -358,18 +374,20 @@ class Trainer:
                                                 check if loaded.batch is not None or self.world.size > 1 else None)
                 if kept:
                     losses.append(value)
+                    terms.append(dict(self.model.loss_terms) if loaded.batch is not None else {})
                 tokens += loaded.tokens
                 used += 0 if loaded.batch is None else len(loaded.batch.sample_ids)
             if used == 0 and step + 1 - start >= min(10, self.state.steps - start):
                 reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.state.skipped.items()))
                 raise MmcoreError(f"stage '{stage.name}': every record so far was skipped ({reasons}); for "
                                   f"over-length or no-supervision raise [model] max_length, else fix the data")
-            self._update(stage, step + 1, engine, losses, tokens)
+            self._update(stage, step + 1, engine, losses, tokens, terms)
             if self._save_due(stage, self.state.step):
                 self._save(engine, with_optimizer=True)
         self.log.end_stage(stage.name, self.state.skipped)
 
-    def _update(self, stage: StageSpec, step: int, engine: Any, losses: list[float], tokens: int) -> None:
+    def _update(self, stage: StageSpec, step: int, engine: Any, losses: list[float], tokens: int,
+                terms: list[dict[str, float]] | None = None) -> None:
         """The optimizer step (skipped when the gradients are not finite and the stage skips such batches),
         then the step's mean loss over every rank and its log line."""
         total, count = all_sum([sum(losses), float(len(losses))], self.world)  # every rank steps alike
@@ -388,7 +406,7 @@ class Trainer:
         loss = total / count if count else float("nan")
         lr = engine.scheduler.get_last_lr()[0]
         metrics = self.log.step(stage.name, step, loss, lr, tokens * self.world.size,
-                                step % stage.log_every == 0 or step == self.state.steps)
+                                step % stage.log_every == 0 or step == self.state.steps, mean_terms(terms or []))
         self.assembly.pm.hook.mmcore_train_step(stage=stage.name, step=step, metrics=metrics)
         self.state.step = step
 

@@ -1,21 +1,27 @@
-"""`clip`: a transformers `CLIPVisionModel` as an mmcore encoder.
+"""`clip`: a transformers `CLIPVisionModel` as an mmcore encoder, for images and videos.
 
 LLaVA-1.5 (upstream-systems.md §1.1, §1.4): features are `hidden_states[select_layer]` with
 `select_layer = -2`; `select_feature = "patch"` drops CLS (`[:, 1:]`), `"cls_patch"` keeps it;
 finetuning pads images to a centred square filled with the CLIP mean colour before the processor.
+
+Video (u-LLaVA `models/ullava_core.py::encode_video`, upstream-systems.md §5.1): T = `video_frames` (8) frames
+chosen as u-LLaVA's data code does (`video.py`), CLIP per frame → (B, T, N, C); then spatio-temporal pooling:
+temporal = mean over the N patches (B, T, C), spatial = mean over the T frames (B, N, C), concatenated
+[temporal, spatial] → (B, T + N, C): 8 + 256 = 264 tokens for CLIP-L/14-224.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmcore.errors import MmcoreError
 from mmcore.kinds import BuildContext, ComponentConfig, Encoder, Features, FeatureSpec, MediaView, Viewed
 from mmcore.sources import check_config_table, resolve_source
+from mmcore_plugin_clip.video import Sampling, read_frames
 
 __all__ = ["ClipEncoder", "ClipEncoderConfig", "ClipView", "expand_to_square"]
 
@@ -36,6 +42,12 @@ class ClipEncoderConfig(ComponentConfig):
     pad_color: Literal["mean"] | tuple[int, int, int] = "mean"  # u-LLaVA pads with (255, 255, 255)
     # several hidden layers as feature levels (Honeybee's list `feature_layer_index`, for the D-Abstractor)
     feature_levels: list[int] | None = None
+    # video (u-LLaVA: `n_frm` 8; "uniform" as its video_eval, "headtail" as its video_train / gif_train)
+    video_frames: int = Field(8, ge=1, le=256)
+    video_sampling: Sampling = "uniform"
+    # how each frame becomes S × S: u-LLaVA's video_eval squashes it (decord's resize to 224 × 224) = "resize";
+    # its gif_train random-resized-crops instead (augmentation, not reproduced)
+    video_aspect_ratio: Literal["pad", "square", "resize"] = "resize"
 
     @model_validator(mode="after")
     def _one_source(self) -> ClipEncoderConfig:
@@ -70,29 +82,41 @@ def expand_to_square(image: Any, color: tuple[int, int, int]) -> Any:
 
 class ClipView(MediaView):
     """CLIP's preprocessing, picklable: LLaVA's pad-to-square (or Honeybee's squash resize), then the
-    CLIPImageProcessor (resize the short side, centre-crop, normalise)."""
+    CLIPImageProcessor (resize the short side, centre-crop, normalise). A video item: T frames (`video.py`),
+    each through the same processor → (T, 3, S, S)."""
 
-    def __init__(self, processor: Any, aspect: str, pad_color: tuple[int, int, int], size: int) -> None:
+    def __init__(self, processor: Any, aspect: str, pad_color: tuple[int, int, int], size: int, frames: int = 8,
+                 sampling: Sampling = "uniform", video_aspect: str = "resize") -> None:
         self.processor, self.aspect, self.pad_color, self.size = processor, aspect, pad_color, size
+        self.frames, self.sampling, self.video_aspect = frames, sampling, video_aspect
+
+    def _shaped(self, image: Any, aspect: str) -> Any:
+        from PIL import Image
+
+        image = image.convert("RGB")
+        if aspect == "pad":
+            return expand_to_square(image, self.pad_color)
+        if aspect == "resize":
+            return image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        return image
 
     def __call__(self, item: Any, modality: str) -> Viewed:
         from PIL import Image
 
+        if modality == "video":
+            frames = [self._shaped(f, self.video_aspect) for f in read_frames(item, self.frames, self.sampling)]
+            return self.processor(images=frames, return_tensors="pt")["pixel_values"], {}  # (T, 3, S, S)
         image = Image.open(item) if isinstance(item, (str, Path)) else item
-        image = image.convert("RGB")
-        if self.aspect == "pad":
-            image = expand_to_square(image, self.pad_color)
-        elif self.aspect == "resize":
-            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0], {}  # (3, S, S)
+        return self.processor(images=self._shaped(image, self.aspect), return_tensors="pt")["pixel_values"][0], {}
 
 
 class ClipEncoder(Encoder):
     """CLIP ViT vision tower; `self.vision` keeps transformers' module names."""
 
     Config: ClassVar[type[ComponentConfig]] = ClipEncoderConfig
-    modalities: ClassVar[tuple[str, ...]] = ("image",)
-    preprocessing_fields: ClassVar[tuple[str, ...]] = ("image_aspect_ratio", "pad_color")
+    modalities: ClassVar[tuple[str, ...]] = ("image", "video")
+    preprocessing_fields: ClassVar[tuple[str, ...]] = ("image_aspect_ratio", "pad_color", "video_sampling",
+                                                       "video_aspect_ratio")
     vision: Any  # transformers CLIPVisionModel
 
     def __init__(self, config: ClipEncoderConfig, ctx: BuildContext) -> None:
@@ -138,11 +162,20 @@ class ClipEncoder(Encoder):
                            grid=None if keep_cls else (side, side), pooled_dim=width,  # pooled: the layer's CLS
                            num_levels=len(self.config.feature_levels or [None]))
 
+    def feature_spec(self, modality: str) -> FeatureSpec:
+        """Image: `output_spec`. Video: T temporal then the N spatial tokens (u-LLaVA), no grid."""
+        spec = self.output_spec
+        if modality != "video":
+            return spec
+        return FeatureSpec(dim=spec.dim, num_tokens=self.config.video_frames + spec.num_tokens, grid=None,
+                           pooled_dim=spec.pooled_dim, num_levels=spec.num_levels)
+
     def input_shape(self, modality: str) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
+        frame = (3, self.image_size, self.image_size)
+        return (self.config.video_frames, *frame) if modality == "video" else frame
 
     # --- preprocessing (data-loader workers) -----------------------------------------------------
-    def media_view(self, **preprocessing: Any) -> ClipView:
+    def media_view(self, **preprocessing: Any) -> MediaView:
         config = self.preprocessing_config(**preprocessing)
         from transformers import CLIPImageProcessor
 
@@ -155,10 +188,23 @@ class ClipEncoder(Encoder):
         if color == "mean":  # LLaVA: tuple(int(x * 255) for x in processor.image_mean)
             color = tuple(int(x * 255) for x in processor.image_mean)
         red, green, blue = color
-        return ClipView(processor, config.image_aspect_ratio, (int(red), int(green), int(blue)), self.image_size)
+        return self.keyed_view(ClipView(processor, config.image_aspect_ratio, (int(red), int(green), int(blue)),
+                                        self.image_size, config.video_frames, config.video_sampling,
+                                        config.video_aspect_ratio))
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, media: torch.Tensor, modality: str) -> Features:
+        """Image (B, 3, S, S) → (B, N, C). Video (B, T, 3, S, S) → CLIP per frame, pooled → (B, T + N, C)."""
+        if modality == "video":
+            batch, frames = media.shape[:2]
+            per_frame = self._frames(media.flatten(0, 1))  # (B·T, N, C) each
+            return Features(tokens=_pool(per_frame.tokens, batch, frames), grid=None,
+                            pooled=cast(torch.Tensor, per_frame.pooled).view(batch, frames, -1).mean(dim=1),
+                            levels=tuple(_pool(level, batch, frames) for level in per_frame.levels or ()) or None)
+        return self._frames(media)
+
+    def _frames(self, media: torch.Tensor) -> Features:
+        """(B, 3, S, S) → the selected layer's tokens (B, N, C), its CLS as `pooled`, and the feature levels."""
         dtype = self.vision.dtype
         out = self.vision(pixel_values=media.to(dtype), output_hidden_states=True)
         tokens = out.hidden_states[self.config.select_layer]  # (B, 1 + N, C)
@@ -166,3 +212,9 @@ class ClipEncoder(Encoder):
         start = 1 if self.config.select_feature == "patch" else 0  # "patch": CLS dropped
         levels = tuple(out.hidden_states[i][:, start:] for i in self.config.feature_levels or [])
         return Features(tokens=tokens[:, start:], grid=self.output_spec.grid, pooled=pooled, levels=levels or None)
+
+
+def _pool(per_frame: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    """u-LLaVA `encode_video`: (B·T, N, C) → cat([mean over patches (B, T, C), mean over frames (B, N, C)], 1)."""
+    video = per_frame.reshape(batch, frames, *per_frame.shape[1:])  # (B, T, N, C)
+    return torch.cat([video.mean(dim=2), video.mean(dim=1)], dim=1)  # (B, T + N, C)

@@ -67,7 +67,28 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config.{key}: an encoder has no head and no pooling ({key} = {_FIXED[key]!r} is set)")
         if key not in arguments:
             raise ValueError(f"config.{key}: not an argument of timm's Eva{did_you_mean(key, arguments)}")
+        default = _eva_defaults().get(key)
+        if not _same_kind(config[key], default):
+            raise ValueError(f"config.{key}: {config[key]!r} is not a {type(default).__name__} like timm's default "
+                             f"{default!r}")
     return config
+
+
+@cache
+def _eva_defaults() -> dict[str, Any]:
+    from timm.models.eva import Eva
+
+    return {n: p.default for n, p in inspect.signature(Eva.__init__).parameters.items()}
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """A TOML value of the kind of timm's default: a number where it takes a number (img_size may be [h, w])."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        numbers = value if isinstance(value, list) and isinstance(default, int) else [value]
+        return bool(numbers) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+    return not isinstance(default, str) or isinstance(value, str)
 
 
 def timm_kwargs(model: str, image_size: int | None, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from mmcore.errors import MmcoreError
-from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadConfig, HeadOutput
+from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadConfig, HeadOutput, Overlay
 from mmcore_plugin_box_decoder.geometry import ImageSizeView, pad_denormalize_xyxy, pad_normalize_xyxy
 from mmcore_plugin_box_decoder.losses import Normalisation, box_losses
 from mmcore_plugin_box_decoder.metrics import BoxPrecision
@@ -114,6 +114,10 @@ class BoxDecoderHead(Head):
     def metrics(self) -> BoxPrecision:
         """An accumulator of box Prec@0.5 over this head's predictions (`update(predictions, targets)`)."""
         return BoxPrecision()
+
+    def overlays(self, predictions: dict[str, Any]) -> list[Overlay]:
+        """One sample's boxes in pixels of its image, in [LOC] order."""
+        return [Overlay("box", tuple(float(v) for v in box), self.name) for box in predictions["boxes_pixels"].tolist()]
 
     def example_inputs(self, batch_size: int) -> tuple[Any, ...]:
         """Conformance inputs: images of different sizes through the head's own view, 0…k prompts per sample

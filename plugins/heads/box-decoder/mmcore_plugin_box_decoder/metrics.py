@@ -44,6 +44,10 @@ class BoxPrecision:
         self.iou_sum += float(ious.nan_to_num(0.0).sum())
         self.count += int(ious.numel())
 
+    def miss(self, target: Any = None) -> None:
+        """A target the model predicted no box for (free-running: no [LOC] generated) — a miss, IoU 0."""
+        self.count += 1
+
     def update(self, predictions: dict[str, torch.Tensor], targets: Any, head: str = "box-decoder",
                trigger: str = "[LOC]") -> None:
         """A `box-decoder` head's predictions (teacher-forced: one per target) against the batch's pixel `boxes`."""

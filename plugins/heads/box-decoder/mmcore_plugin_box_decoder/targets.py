@@ -1,10 +1,11 @@
 """Matching a batch's targets to the head's prompts: the j-th trigger of a sample ↔ its j-th target.
 
-Two forms are accepted, so the core can move to tensors without touching the head:
+Two forms are accepted:
 
-* today's `Batch.targets`: one dict per batch row, `{"boxes": [[x1, y1, x2, y2], ...], ...}` (a list, or an
+* one dict per batch row (hand-built batches, tests), `{"boxes": [[x1, y1, x2, y2], ...], ...}` (a list, or an
   array / tensor whose first dimension indexes the targets);
-* tensors with a sample index (the form proposed for the core): a mapping `{"boxes": T}` where `T.values`
+* what the core's data path gives (`Batch.targets`: key → `mmcore.sequence.TargetBatch`), tensors with a sample
+  index: a mapping `{"boxes": T}` where `T.values`
   is (K_t, 4) and `T.sample_index` (K_t,) the batch row of each target (masks add `T.sizes`, see the
   `sam-mask` head; this copy accepts them too so both heads read one format).
 

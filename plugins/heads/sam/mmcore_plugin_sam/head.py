@@ -21,6 +21,7 @@ gaussian matrix, and the mask losses sum ~10⁶ pixels. The frozen image encoder
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar, cast
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from mmcore.errors import MmcoreError
-from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadOutput
+from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadOutput, MediaView, Overlay
 from mmcore_plugin_sam.config import SamArchitecture, SamMaskHeadConfig
 from mmcore_plugin_sam.losses import mask_losses
 from mmcore_plugin_sam.metrics import MaskIoU
@@ -68,6 +69,7 @@ class SamMaskHead(Head):
     compute_dtype: ClassVar[torch.dtype | None] = torch.float32
     frozen_modules: ClassVar[tuple[str, ...]] = ("image_encoder", "prompt_encoder", "mask_decoder.iou_prediction_head")
     view_modalities: ClassVar[tuple[str, ...]] = ("image",)
+    cached_module: ClassVar[str | None] = "image_encoder"  # `cache_features = true`: image embeddings per image
     target_key: ClassVar[str] = "masks"  # Sample.targets["masks"]: one per trigger, in order
     config: SamMaskHeadConfig
     # segment_anything's own modules (the library ships no type information)
@@ -97,8 +99,8 @@ class SamMaskHead(Head):
         """Where the collated batch keeps this head's view: `media["image"].views[view_key]`."""
         return f"heads.{self.name}"
 
-    def media_view(self, **preprocessing: Any) -> SamView:
-        return SamView(self.arch.image_size)
+    def media_view(self, **preprocessing: Any) -> MediaView:
+        return self.keyed_view(SamView(self.arch.image_size))  # keyed: items carry their feature-cache key
 
     # --- checkpoints -----------------------------------------------------------------------------
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,9 +117,13 @@ class SamMaskHead(Head):
         return super().adapt_state_dict(state)
 
     # --- running ---------------------------------------------------------------------------------
-    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, 3, S, S) SAM-preprocessed images → (n, P, S/16, S/16). One call per batch of images; a frozen
-        encoder runs without autograd. (The hook point for a frozen-feature cache.)"""
+    def image_embeddings(self, pixels: torch.Tensor, metadata: Sequence[dict[str, Any]] = ()) -> torch.Tensor:
+        """(n, 3, S, S) SAM-preprocessed images → (n, P, S/16, S/16). One call per batch of images, the only place
+        the image encoder runs; a frozen encoder runs without autograd. With `cache_features = true` the images'
+        view metadata (their cache keys) lets embeddings computed before be read back instead."""
+        return cast(torch.Tensor, self.through_cache(pixels, metadata, self._encode_images))
+
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         frozen = not any(p.requires_grad for p in self.image_encoder.parameters())
         bf16 = self.config.encoder_precision == "bf16"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen), \
@@ -146,7 +152,8 @@ class SamMaskHead(Head):
         items = self._image_of_prompts(sample_index, media)  # (K,) item of the head's view per prompt
         images = media["image"]
         needed = sorted(set(items))
-        embeddings = self.image_embeddings(images.views[self.view_key][needed].to(prompts.dtype))  # (n, P, h, w)
+        embeddings = self.image_embeddings(images.views[self.view_key][needed].to(prompts.dtype),
+                                           [images.meta[self.view_key][i] for i in needed])  # (n, P, h, w)
         dense_pe = self.prompt_encoder.get_dense_pe()  # (1, P, h, w)
         sparse, dense = self.prompt_encoder(points=None, boxes=None, masks=None)  # (1, 0, P), (1, P, h, w)
         masks: list[torch.Tensor | None] = [None] * count
@@ -201,6 +208,10 @@ class SamMaskHead(Head):
     def metrics(self) -> MaskIoU:
         """An accumulator of RES cIoU / gIoU over this head's predictions (`update(predictions, targets)`)."""
         return MaskIoU()
+
+    def overlays(self, predictions: dict[str, Any]) -> list[Overlay]:
+        """One sample's masks (logits > 0, u-LLaVA's threshold) at its image's size, in [SEG] order."""
+        return [Overlay("mask", (mask > 0).cpu().numpy(), self.name) for mask in unpad_masks(predictions)]
 
     def example_inputs(self, batch_size: int) -> tuple[Any, ...]:
         """Conformance inputs: `batch_size` random images of different sizes through the head's own view,

@@ -56,6 +56,11 @@ class MaskIoU:
         self.iou_sum += intersection / (union + 1e-5) + (1.0 if union == 0 else 0.0)
         self.count += 1
 
+    def miss(self, target: Any) -> None:
+        """A target the model predicted nothing for (free-running: no [SEG] generated) — an empty mask."""
+        target = torch.as_tensor(target)
+        self.add(torch.zeros(target.shape, dtype=torch.bool), target)
+
     def update(self, predictions: dict[str, torch.Tensor], targets: Any, head: str = "sam-mask",
                trigger: str = "[SEG]") -> None:
         """A `sam-mask` head's predictions (teacher-forced: one per target) against the batch's `masks`."""

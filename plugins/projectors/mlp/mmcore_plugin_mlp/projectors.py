@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from mmcore.errors import MmcoreError
-from mmcore.kinds import BuildContext, ComponentConfig, Features, Projector
+from mmcore.kinds import BuildContext, ComponentConfig, Features, FeatureSpec, Projector
 
 __all__ = ["IdentityProjector", "LinearProjector", "MlpConfig", "MlpProjector"]
 
@@ -32,6 +32,12 @@ class _TokenwiseProjector(Projector):
     @property
     def num_tokens(self) -> int:
         return self.input_spec.num_tokens
+
+    def tokens_for(self, spec: FeatureSpec) -> int:
+        """One token per input token, whatever the count (CLIP video: T temporal + N spatial, u-LLaVA)."""
+        if spec.dim != self.input_spec.dim:
+            return super().tokens_for(spec)  # the one-line error naming both widths
+        return spec.num_tokens
 
     def forward(self, features: Features) -> torch.Tensor:
         return self.layers(features.tokens)  # (B, N, C) → (B, N, D_llm)
