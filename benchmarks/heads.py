@@ -9,7 +9,10 @@
 3. Batched mask inference: `Pipeline.answer(..., return_heads=True)` on 8 prompts at once vs 8 × batch 1 (median
    of interleaved repeats), and the SAM head alone on 8 images × 1 prompt vs 8 calls.
 
+The frozen-feature cache's step time and disk size are `benchmarks/feature_cache.py`.
+
     .venv/bin/python benchmarks/heads.py [--manifest examples/ullava-tiny.toml] [--steps N] [--skip-train]
+                                         [--box-normalisation ullava|mean] [--train-encoder] [--run DIR]
 """
 
 from __future__ import annotations
@@ -71,11 +74,20 @@ def learning(manifest: Path, folder: Path, steps: int | None, skip_train: bool) 
 def encoder_calls(pipeline: Any) -> None:
     """One training forward: image-encoder calls, images it encoded, prompts, samples."""
     from mmcore.builtins.datasets.shapes import SyntheticShapes
+    from mmcore.errors import SampleError
     from mmcore.kinds import BuildContext
 
-    data = SyntheticShapes(SyntheticShapes.Config(size=4, tasks=["res-turns", "refer"]), BuildContext(name="b"))
-    samples = [data[i] for i in range(8)]
-    batch = pipeline.processor.batch(samples, pipeline.template, train=True)
+    data = SyntheticShapes(SyntheticShapes.Config(size=12, tasks=["res-turns", "refer"]), BuildContext(name="b"))
+    samples, prepared = [], []
+    for index in range(len(data)):  # the first 8 that fit [model] max_length (a 3-turn sample may not)
+        try:
+            prepared.append(pipeline.processor.prepare(data[index], pipeline.template, train=True))
+            samples.append(data[index])
+        except SampleError:
+            continue
+        if len(samples) == 8:
+            break
+    batch = pipeline.processor.collate(prepared, train=True)
     seen: list[int] = []
     encoder = pipeline.model.heads["seg"].image_encoder
     handle = encoder.register_forward_hook(lambda _m, args, _o: seen.append(int(args[0].shape[0])))
@@ -141,12 +153,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the stage's max_steps")
     parser.add_argument("--skip-train", action="store_true", help="only the untrained eval and the costs")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--box-normalisation", choices=["ullava", "mean"],
+                        help="override the box head's loss_normalisation (the example: u-LLaVA's)")
+    parser.add_argument("--train-encoder", action="store_true",
+                        help="train the CLIP too (u-LLaVA keeps its pretrained CLIP frozen; here it is random)")
+    parser.add_argument("--run", type=Path, help="measure the costs on this trained run (no training)")
     args = parser.parse_args()
     from mmcore.pipeline import load
 
     folder = Path(tempfile.mkdtemp(prefix="heads-bench-"))
     try:
-        run = learning(args.manifest.resolve(), folder, args.steps, args.skip_train)
+        manifest = args.manifest.resolve()
+        if args.box_normalisation or args.train_encoder:
+            text = manifest.read_text()
+            if args.box_normalisation:
+                text = text.replace('loss_normalisation = "ullava"', f'loss_normalisation = "{args.box_normalisation}"')
+            if args.train_encoder:
+                text = text.replace('trainable = ["llm", "projectors", "heads"]',
+                                    'trainable = ["llm", "projectors", "heads", "encoders"]')
+            manifest = folder / "source" / manifest.name
+            manifest.parent.mkdir()
+            manifest.write_text(text)
+        run = args.run or learning(manifest, folder, args.steps, args.skip_train)
         pipeline = load(run)
         encoder_calls(pipeline)
         batched_inference(pipeline, args.repeats)

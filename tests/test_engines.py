@@ -91,5 +91,8 @@ def test_deepspeed_config_follows_the_stage(tiny_model_text: str) -> None:
     assert config["train_batch_size"] == 16 and config["gradient_accumulation_steps"] == 2
     assert config["zero_optimization"]["stage"] == 3 and config["bf16"]["enabled"] is True
     assert config["gradient_clipping"] == 0.5
+    # a component computing in fp32 (SAM's head: pip SAM's get_dense_pe fails on bf16 weights) keeps every weight
+    # fp32: DeepSpeed's bf16 cast is off and the engine runs bf16 autocast instead
+    assert deepspeed_config(stage, 4, 2, 2, keep_fp32=True)["bf16"]["enabled"] is False
 
 

@@ -226,3 +226,44 @@ def test_a_keyed_view_pickles_and_reads_through() -> None:
     pixels, meta = view(np.zeros((20, 30, 3), np.uint8), "image")
     assert view.image_size == 64 and KeyedView.wrap(view) is view
     assert meta[FEATURE_KEY] == tensor_digest(pixels) and meta["original_size"] == (20, 30)
+
+
+def test_mmcore_train_writes_the_cache_once_and_reads_it_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mmcore train` with `cache_features = true` on its frozen CLIP: the first epoch computes and stores one entry
+    per image, the second and third epochs (and the next stage) read them back — CLIP runs on no item twice — and the
+    trained weights equal those of the same run without a cache."""
+    from mmcore.assembly import assemble
+    from mmcore.run import Run
+    from mmcore.train import train
+
+    data = ('\n[data]\nnum_workers = 0\n\n[data.datasets.captions]\ntype = "synthetic-shapes"\nsize = 8\n'
+            'image_size = 28\ntasks = ["caption"]\n')
+    stages = ''.join(f'\n[[stages]]\nname = "{name}"\ntrainable = ["projectors"]\ntemplate = "plain"\n'
+                     f'datasets = ["captions"]\nlr = 1e-3\nbatch_size = 4\nepochs = {epochs}\n'
+                     for name, epochs in (("one", 3), ("two", 1)))
+    computed: list[int] = []
+    original = FeatureCache.run
+
+    def counting(self: FeatureCache, component: Any, inputs: torch.Tensor, metadata: Any, compute: Any,
+                 tag: str = "") -> Any:
+        def counted(missing: torch.Tensor) -> Any:
+            computed.append(int(missing.shape[0]))
+            return compute(missing)
+
+        return original(self, component, inputs, metadata, counted, tag)
+
+    monkeypatch.setattr(FeatureCache, "run", counting)
+    for cached in ("true", "false"):
+        folder = tmp_path / cached
+        folder.mkdir()
+        (folder / "m.toml").write_text(tiny_manifest('type = "mlp"', f"cache_features = {cached}", extra=data + stages))
+        run = Run.create(folder / "run", assemble(folder / "m.toml"))
+        train(run.root)
+        if cached == "true":
+            assert sum(computed) == 8, computed  # 8 images, computed once over 4 epochs in two stages
+            entries = [p for p in (run.root / "feature-cache").rglob("*") if p.is_file()]
+            assert len(entries) == 8
+    from mmcore.pipeline import load
+
+    trained = {c: load(tmp_path / c / "run").model.projectors["vision"].state_dict() for c in ("true", "false")}
+    assert all(torch.allclose(trained["true"][k], trained["false"][k], atol=1e-6) for k in trained["true"])

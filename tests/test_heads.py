@@ -214,6 +214,34 @@ def test_training_data_skips_and_counts_them(pipeline: Any, tmp_path: Path) -> N
     assert loaded.batch.sample_ids == ["r1"]
 
 
+def test_eval_skips_and_counts_them(pipeline: Any, tmp_path: Path) -> None:
+    """`mmcore eval` with head metrics: the teacher-forced pass skips a record whose reply holds [SEG] without a mask
+    (counted by reason under teacher_forced_skipped); its text answer is still scored."""
+    from collections import Counter
+
+    from mmcore.builtins.datasets.llava_json import LlavaJson
+    from mmcore.eval._evaluate import evaluate
+    from mmcore.eval._heads import HeadScores
+    from mmcore.kinds import BuildContext
+
+    _images(1)[0].save(tmp_path / "a.png")
+    records = [{"id": f"r{i}", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nSegment it."}, {"from": "gpt", "value": reply}]}
+        for i, reply in enumerate(["Sure. Mask: [SEG].", "A shape."])]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    data = LlavaJson(LlavaJson.Config(path="d.json"), BuildContext(name="d", base_dir=tmp_path))
+    skipped: Counter[str] = Counter()
+    from mmcore.builtins.codecs import HoneybeeBoxes
+    from mmcore.kinds import ComponentConfig
+
+    codec = HoneybeeBoxes(ComponentConfig(), BuildContext(name="codec"))
+    scores = HeadScores.of(pipeline.model)
+    assert scores is not None
+    done = evaluate(pipeline, data, "llama2", codec, batch_size=2, max_new_tokens=2, skipped=skipped, heads=scores)
+    assert not skipped and [r.sample_id for r in done] == ["r0", "r1"]
+    assert scores.result()["teacher_forced_skipped"] == {"trigger-without-target": 1}
+
+
 def test_a_trigger_cut_by_max_length_skips_the_sample(pipeline: Any) -> None:
     """When truncation cuts a reply's trigger off, its target has no trigger: skipped as target-without-trigger."""
     from mmcore.errors import SampleError
@@ -256,10 +284,15 @@ def test_each_loss_term_is_logged(run: Path) -> None:
 def test_heads_run_in_their_dtype_policy(pipeline: Any) -> None:
     """Under bf16 autocast the SAM head still computes in fp32 (pip SAM's get_dense_pe fails in bf16)."""
     batch = pipeline.processor.batch([_shapes(["res"])[0]], "llama2", train=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = pipeline.model(batch)
-    assert out.head_outputs["seg"]["masks"].dtype == torch.float32
-    assert all(torch.isfinite(v) for v in out.head_losses.values())
+    model = pipeline.model
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    head = model.heads["seg"]  # the LLM ran its matmuls in bf16; the head gave exactly its fp32 result on its states
+    positions = head.positions(batch.input_ids)
+    with torch.no_grad():
+        full = head(out.hidden_states[positions].float(), positions.nonzero()[:, 0], batch.media, batch.targets)
+    assert torch.equal(out.head_outputs["seg"]["masks"], full.predictions["masks"])
+    assert all(torch.equal(out.head_losses[f"seg.{k}"], v) for k, v in full.losses.items())
 
 
 # --- generation -------------------------------------------------------------------------------------------------
@@ -324,8 +357,35 @@ def test_generate_writes_the_masks_and_boxes(run: Path, tmp_path: Path, capsys: 
                  "--max-new-tokens", "4"]) == 0
     written = run / "generate" / "scene.png"
     assert f"wrote {written}" in capsys.readouterr().out
+    from mmcore.eval._draw import draw_overlays
+    from mmcore.pipeline import load
+
+    answer = load(run).answer("segment the red circle", image, max_new_tokens=4, return_heads=True)
     with Image.open(written) as drawn:
         assert drawn.size == (32, 32)
+        assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(draw_overlays(image, answer.overlays)))
+
+
+def test_overlays_are_drawn_in_ullavas_colours() -> None:
+    """A predicted mask is blended half-and-half with u-LLaVA's (133, 131, 230), a predicted box outlined in orange,
+    references in green; pixels outside stay as they were; a mask of another size is not drawn."""
+    from PIL import Image
+
+    from mmcore.eval._draw import PREDICTED_BOX, PREDICTED_MASK, REFERENCE, draw_overlays
+    from mmcore.kinds import Overlay
+
+    image = Image.new("RGB", (20, 10), (100, 100, 100))
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:4, 2:5] = True
+    predicted = [Overlay("mask", mask, "seg"), Overlay("box", (10.0, 1.0, 15.0, 6.0), "loc"),
+                 Overlay("mask", np.ones((5, 5), dtype=bool), "seg")]
+    reference = [Overlay("box", (0.0, 6.0, 4.0, 9.0), "reference")]
+    pixels = np.asarray(draw_overlays(image, predicted, reference))
+    assert tuple(pixels[3, 3]) == tuple(int(0.5 * 100 + 0.5 * c) for c in PREDICTED_MASK)
+    assert tuple(pixels[1, 12]) == PREDICTED_BOX and tuple(pixels[6, 10]) == PREDICTED_BOX
+    assert tuple(pixels[3, 12]) == (100, 100, 100)  # inside the box, not on its outline
+    assert tuple(pixels[9, 2]) == REFERENCE and tuple(pixels[0, 19]) == (100, 100, 100)
+    assert np.asarray(draw_overlays(image, predicted, reference, scale=3)).shape == (30, 60, 3)
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
@@ -347,7 +407,7 @@ def test_eval_reports_head_metrics_both_ways(run: Path, evaluated: dict[str, Any
     references = sum(len(s.targets["masks"]) for s in (_shapes(["res", "refer", "res-turns"])[i] for i in range(9))
                      if s.task != "refer")
     assert result["seg"]["teacher_forced"]["masks"] == references
-    assert (run / "eval" / "val" / "samples.png").is_file()
+    assert (run / "eval" / "val" / "samples.png").is_file()  # drawn by draw_overlays (tested below)
 
 
 def test_batched_eval_equals_batch_one(run: Path, evaluated: dict[str, Any]) -> None:

@@ -220,6 +220,16 @@ UPSTREAM = {
         {"from": "human", "value": "<image>\nWhat is\nthis?"}, {"from": "gpt", "value": "A bowl."},
         {"from": "human", "value": "Where is it?"}, {"from": "gpt", "value": "On the left."}]}],
         "What isthis?", "A bowl.", "COCO_train2014_000000000009.jpg", None),
+    "llava_conversation": ([{"id": "000000000009", "conversations": [  # llava_dataset.py LlavaConversationDataset
+        {"from": "human", "value": "What is\nthis?\n<image>"}, {"from": "gpt", "value": "A bowl."},
+        {"from": "human", "value": "Where is it?"}, {"from": "gpt", "value": "On the left."}]}],
+        "What isthis?", "A bowl.", "COCO_train2014_000000000009.jpg", None),
+    "llava_reason": ([{"id": "000000000042", "conversations": [  # LlavaReasonDataset: as LlavaDetailDataset
+        {"from": "human", "value": "<image>\nWhy Is It Wet?"}, {"from": "gpt", "value": "It Rained."},
+        {"from": "human", "value": "Not read."}, {"from": "gpt", "value": "Not read."}]}],
+        "why is it wet?", "It Rained.", "COCO_train2014_000000000042.jpg", None),
+    "ok_vqa": ([{"question_id": 7, "question": "What Sport?", "answer": ["tennis"] * 10,  # ok_vqa_datasets.py
+                 "image": "train2014/COCO_train2014_7.jpg"}], "what sport?", "tennis", "COCO_train2014_7.jpg", "vqa"),
     "llava_detail": ([{"id": "000000000009", "conversations": [
         {"from": "human", "value": "What do you see?\n<image>"}, {"from": "gpt", "value": "A Bowl."}]}],
         "what do you see?", "A Bowl.", "COCO_train2014_000000000009.jpg", None),
@@ -259,12 +269,14 @@ def test_upstream_formats_read_as_upstream_builds_them(fmt: str, tmp_path: Path)
     config = MiniGPTv2DataConfig(format=fmt, path="ann.json", image_folder="images")
     data = MiniGPTv2Data(config, BuildContext(name=fmt, base_dir=tmp_path))
     sample = data[0]
-    assert len(data) == 1 or fmt == "multitask_conversation"
+    assert len(data) == 1 or fmt in ("multitask_conversation", "llava_conversation")
     assert sample.conversation[0].text.endswith(question_end) and sample.conversation[1].text == answer
     assert sample.task == task
     assert (sample.media["image"][0].name if image else None) == image
-    if fmt == "multitask_conversation":
+    if fmt in ("multitask_conversation", "llava_conversation"):
         assert [t.text for t in sample.conversation[2:]] == ["Where is it?", "On the left."]
+    if fmt in ("llava_detail", "llava_reason"):
+        assert len(sample.conversation) == 2  # the first exchange only
 
 
 def test_visual_genome_regions_refer_in_minigpt_boxes(tmp_path: Path) -> None:

@@ -146,3 +146,62 @@ def test_multi_choice_mode_picks_a_candidate(tiny_model_text: str, tmp_path: Pat
         assert line["answer"] in by_task[line["task"]]
         assert line["score"] == float(line["answer"] == line["reference"])
     assert metrics["samples"] == 12
+
+
+def test_resample_keeps_the_first_answer_that_parses() -> None:
+    """`resample` re-asks only the `refer` answers that do not parse, in a batch of just those, round after round;
+    an answer that parses replaces the old one and records its round; one that never does keeps -1; other tasks
+    are never re-asked. (The model and processor are stand-ins at the edge: what they answer is scripted.)"""
+    from types import SimpleNamespace
+
+    from mmcore.eval._minigpt import resample
+    from mmcore.kinds import Sample, Turn
+
+    scripted = [["{<5><5><9><9>}", "still none", "nope"], ["no", "{<0><0><1><1>}"], ["never"]]  # rounds 1, 2, 3
+    asked: list[list[str]] = []
+
+    class Processor:
+        def collate(self, prepared: list[str], train: bool) -> Any:
+            asked.append(list(prepared))
+            return SimpleNamespace(to=lambda device: len(prepared))
+
+        def decode(self, tokens: int, template: str) -> list[str]:
+            return scripted[len(asked) - 1][:tokens]
+
+    model = SimpleNamespace(generate=lambda batch, **options: batch)
+    pipeline = SimpleNamespace(processor=Processor(), model=model, device="cpu")
+    tasks = ["refer", "refer", "refer", "vqa", "refer"]
+    samples = [Sample(str(i), [Turn("user", "q")], task=t) for i, t in enumerate(tasks)]
+    answers = ["{<1><2><3><4>}", "none", "nothing", "blue", "no box"]
+    rounds = resample(pipeline, samples, [f"p{i}" for i in range(5)], answers, "llama2", MINIGPT, 3, 8)
+    assert asked == [["p1", "p2", "p4"], ["p2", "p4"], ["p2"]]
+    assert rounds == [0, 1, -1, 0, 2]
+    assert answers == ["{<1><2><3><4>}", "{<5><5><9><9>}", "never", "blue", "{<0><0><1><1>}"]
+
+
+def test_vqa_accuracy_over_annotators_answers() -> None:
+    """VQA's accuracy (MiniGPT-v2's OK-VQA eval): per annotator min(1, matches among the other nine / 3), averaged —
+    4 of 10 saying "red" give 1.0, 3 give 0.9 (7 × 1 + 3 × 2/3 over 10), 2 give 0.6, 1 gives 0.3, none 0."""
+    from mmcore.eval._metrics import vqa_accuracy
+
+    for count, expected in ((4, 1.0), (3, 0.9), (2, 0.6), (1, 0.3), (0, 0.0)):
+        answers = ["red"] * count + ["blue"] * (10 - count)
+        assert vqa_accuracy("Red.", answers) == pytest.approx(expected)
+
+
+def test_vqa_records_keep_every_annotators_answer(tmp_path: Path) -> None:
+    """coco_vqa / ok_vqa / aok_vqa samples carry the annotators' answers, so eval scores VQA accuracy with them."""
+    import json
+
+    from mmcore.builtins.datasets.minigpt_v2 import MiniGPTv2Data, MiniGPTv2DataConfig
+    from mmcore.eval._evaluate import _score
+    from mmcore.kinds import BuildContext
+
+    answers = ["tennis"] * 2 + ["golf"] * 8
+    (tmp_path / "ann.json").write_text(json.dumps([{"question": "What sport?", "answer": answers,
+                                                    "image": "train2014/COCO_train2014_7.jpg"}]))
+    data = MiniGPTv2Data(MiniGPTv2DataConfig(format="ok_vqa", path="ann.json", image_folder="."),
+                         BuildContext(name="okvqa", base_dir=tmp_path))
+    sample = data[0]
+    assert sample.targets["answers"] == answers
+    assert _score("vqa", "tennis", "golf", sample, MINIGPT) == pytest.approx(0.6)

@@ -57,15 +57,29 @@ def test_stage_3_is_the_finetune_yaml(recipe: object) -> None:
     assert (stage.schedule, stage.lr, stage.min_lr, stage.warmup_lr) == ("linear-warmup-cosine", 1e-5, 1e-6, 1e-6)
     assert stage.max_steps == 50_000 and math.ceil(stage.warmup_ratio * stage.max_steps) == 1000
     assert stage.weight_decay == 0.05 and stage.gradient_checkpointing and assembly.loaded.manifest.seed == 42
+    assert assembly.loaded.manifest.model.max_reply_tokens == 1024  # max_txt_len
 
 
-def test_tiny_example_trains_every_tag(tmp_path: Path) -> None:
+def test_tiny_example_trains_every_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/minigpt-v2-tiny.toml, cut to a few steps, runs its three stages (the last with LoRA on q/v) on
-    synthetic-shapes asked with every task tag; every loss is finite."""
+    synthetic-shapes asked with every task tag — the samples its mixture draws carry all six; every loss is
+    finite."""
     pytest.importorskip("mmcore_plugin_eva")
     from mmcore.assembly import assemble
+    from mmcore.data import Processor
     from mmcore.run import Run
     from mmcore.train import train
+
+    trained: list[tuple[str, str]] = []  # (task, its tokens as text) of every training sample prepared
+    prepare = Processor.prepare
+
+    def recording(self: Processor, sample: Any, template: str, train: bool) -> Any:
+        prepared = prepare(self, sample, template, train)
+        if train:
+            trained.append((sample.task or "", self.tokenizer.decode(prepared.encoded.input_ids)))
+        return prepared
+
+    monkeypatch.setattr(Processor, "prepare", recording)
 
     text = (EXAMPLES / "minigpt-v2-tiny.toml").read_text()
     text = re.sub(r"max_steps = \d+", "max_steps = 6", text).replace("size = 20000", "size = 16")
@@ -78,7 +92,8 @@ def test_tiny_example_trains_every_tag(tmp_path: Path) -> None:
     steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [s["loss"] for s in steps if s["kind"] == "step"]
     assert len(losses) == 18 and all(math.isfinite(loss) for loss in losses)
-    tags = {t.split("/")[0] for d in trainer.assembly.loaded.manifest.data.datasets.values()
-            for t in getattr(d, "tasks", None) or d.model_extra.get("tasks", [])}
-    assert {"caption", "vqa", "refer", "identify", "detection", "grounding"} <= tags
+    tags = {"caption", "vqa", "refer", "identify", "detection", "grounding"}
+    assert {task.split("/")[0] for task, _ in trained} >= tags
+    written = {tag for tag in tags for _, text in trained if f"[{tag}]" in text}
+    assert written == tags, f"instructions never tagged {tags - written}"
 

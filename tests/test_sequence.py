@@ -80,6 +80,24 @@ def test_truncation_keeps_media_and_cuts_text() -> None:
     assert len(encoded.input_ids) == 20 and encoded.media_spans == [("image", 0, 8)]
 
 
+def test_max_reply_cuts_what_follows_the_first_question() -> None:
+    """`[model] max_reply_tokens` is MiniGPT-v2's max_txt_len (minigpt_base.py tokenize_conversation): the first
+    question (with its image) stays whole and what follows it — replies and later questions — is cut to N tokens;
+    a prompt without a reply (generation) is never cut."""
+    pieces = _tpl(Llama2Template).render(CONVERSATION, task="vqa/colour")
+    full = SequenceBuilder(TOK, {"image": 4}, 512).encode(pieces, {"image": 1}, "s")
+    first = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
+    cut = SequenceBuilder(TOK, {"image": 4}, 512, max_reply=6).encode(pieces, {"image": 1}, "s")
+    assert cut.input_ids == full.input_ids[: first + 6] and cut.labels == full.labels[: first + 6]
+    assert TOK.decode([t for t in cut.labels if t != IGNORE_INDEX]) == "Red.</s>"  # + the next question's first token
+    long = SequenceBuilder(TOK, {"image": 4}, 512, max_reply=len(full.input_ids)).encode(pieces, {"image": 1}, "s")
+    assert long.input_ids == full.input_ids
+    prompt = _tpl(Llama2Template).render(CONVERSATION[:1])
+    alone = SequenceBuilder(TOK, {"image": 4}, 512).encode(prompt, {"image": 1}, "s", train=False)
+    assert SequenceBuilder(TOK, {"image": 4}, 512, max_reply=1).encode(prompt, {"image": 1}, "s",
+                                                                         train=False).input_ids == alone.input_ids
+
+
 def test_fully_masked_sample_is_an_error() -> None:
     """A training sample with no learned token left is refused (LLaVA's silent mismatch)."""
     with pytest.raises(SampleError, match="no learned token"):

@@ -336,14 +336,21 @@ def test_tiny_ullava_trains(tmp_path: Path) -> None:
     from mmcore.train import train
 
     run = Run.create(tmp_path / "run", assemble(_short("ullava-tiny.toml", tmp_path, 2)))
-    before = assemble(run.manifest_path, device="cpu").model.heads["seg"].image_encoder.state_dict()
+    before = {k: v.clone() for k, v in assemble(run.manifest_path, device="cpu").model.state_dict().items()}
     train(run.root)
     steps = [json.loads(line) for line in (run.root / "log.jsonl").read_text().splitlines() if '"step"' in line]
     assert all(np.isfinite(s[k]) for s in steps for k in s if k.startswith("heads."))
     from mmcore.pipeline import load
 
-    after = load(run.root).model.heads["seg"].image_encoder.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    after = load(run.root).model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen = ("heads.seg.image_encoder.", "heads.seg.prompt_encoder.", "heads.seg.mask_decoder.iou_prediction_head.",
+              "encoders.")
+    assert not {k for k in changed if k.startswith(frozen)}, "a frozen part changed"
+    trained = ("llm.", "projectors.vision.", "heads.seg.seg_projector.", "heads.seg.mask_decoder.transformer.",
+               "heads.loc.det_projector.", "heads.loc.det_decoder.")
+    for prefix in trained:
+        assert any(k.startswith(prefix) for k in changed), f"nothing under {prefix} trained"
 
 
 def test_mix_cabs_sam_trains_and_evaluates(tmp_path: Path) -> None:

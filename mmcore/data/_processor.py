@@ -86,8 +86,9 @@ class Processor:
 
     @classmethod
     def for_model(cls, model: Any, max_length: int, templates: dict[str, Template],
-                  preprocess: dict[str, dict[str, Any]] | None = None) -> Processor:
-        """The processor of an assembled `MultimodalModel`; `preprocess` holds a stage's overrides per encoder."""
+                  preprocess: dict[str, dict[str, Any]] | None = None, max_reply: int | None = None) -> Processor:
+        """The processor of an assembled `MultimodalModel`; `preprocess` holds a stage's overrides per encoder,
+        `max_reply` is `[model] max_reply_tokens`."""
         consumers: dict[str, list[tuple[str, MediaView]]] = {}
         for modality, name in model.modality_encoder.items():
             view = model.encoders[name].media_view(**(preprocess or {}).get(name, {}))
@@ -102,8 +103,8 @@ class Processor:
         tokenizer = model.llm.tokenizer
         declared = list(getattr(model, "declared_tokens", ()))
         visible = [int(tokenizer.convert_tokens_to_ids(t)) for t in declared] if tokenizer is not None else []
-        return cls(SequenceBuilder(tokenizer, model.tokens_per_item, max_length), consumers, templates, heads,
-                   visible + [h.trigger_id for h in heads])
+        builder = SequenceBuilder(tokenizer, model.tokens_per_item, max_length, max_reply)
+        return cls(builder, consumers, templates, heads, visible + [h.trigger_id for h in heads])
 
     @property
     def tokenizer(self) -> Any:

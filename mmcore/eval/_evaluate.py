@@ -11,7 +11,7 @@ from typing import Any
 from mmcore.errors import SampleError
 from mmcore.eval._draw import draw_overlays, reference_overlays
 from mmcore.eval._heads import HeadScores, free_running, teacher_forced
-from mmcore.eval._metrics import box_iou, token_f1, vqa_match
+from mmcore.eval._metrics import box_iou, token_f1, vqa_accuracy, vqa_match
 from mmcore.eval._minigpt import grounded_f1, image_size, rec_hit, resample
 from mmcore.kinds import Dataset, Sample, Turn
 from mmcore.kinds.codec import BoxCodec
@@ -57,6 +57,8 @@ def _prompt(sample: Sample, answer_format: str = "none") -> Sample:
 def _score(task: str, answer: str, reference: str, sample: Sample, codec: BoxCodec) -> float:
     from mmcore.builtins.codecs import MiniGPTBoxes
 
+    if task.startswith("vqa") and sample.targets.get("answers"):  # every annotator's answer (VQAv2, OK-VQA)
+        return vqa_accuracy(answer, list(sample.targets["answers"]))
     if task.startswith("vqa") or task == "identify":
         return float(vqa_match(answer, reference))
     if task not in ("refer", "detection", "grounding"):

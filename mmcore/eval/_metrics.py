@@ -7,7 +7,7 @@ from collections import Counter
 
 from mmcore.kinds.codec import Box
 
-__all__ = ["box_iou", "normalize_answer", "token_f1", "vqa_match"]
+__all__ = ["box_iou", "normalize_answer", "token_f1", "vqa_accuracy", "vqa_match"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = re.compile(r"[^\w\s]")
@@ -24,6 +24,18 @@ def normalize_answer(text: str) -> str:
 
 def vqa_match(prediction: str, reference: str) -> bool:
     return normalize_answer(prediction) == normalize_answer(reference)
+
+
+def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """The VQA accuracy of one answer against the annotators' answers (VQA's official evaluation, which
+    MiniGPT-v2's eval_vqa.py runs for OK-VQA): for each annotator, min(1, matches among the others / 3),
+    averaged over the annotators; answers compared after `normalize_answer`."""
+    if not answers:
+        return 0.0
+    given = normalize_answer(prediction)
+    hits = [normalize_answer(a) == given for a in answers]
+    total = sum(hits)
+    return sum(min(1.0, (total - hit) / 3) for hit in hits) / len(answers)
 
 
 def token_f1(prediction: str, reference: str) -> float:

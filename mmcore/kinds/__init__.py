@@ -10,8 +10,10 @@ from mmcore.kinds.head import (
     HeadMetric,
     HeadOutput,
     Overlay,
+    match_targets,
     select_predictions,
     select_trigger_positions,
+    targets_by_row,
 )
 from mmcore.kinds.llm import LLM, AttentionSite, LMOutput
 from mmcore.kinds.projector import AdapterProjector, Projector
@@ -59,7 +61,9 @@ __all__ = [
     "Template",
     "Turn",
     "Viewed",
+    "match_targets",
     "select_predictions",
     "select_trigger_positions",
     "split_media",
+    "targets_by_row",
 ]

@@ -17,10 +17,11 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
+from mmcore.errors import MmcoreError
 from mmcore.kinds._base import BuildContext, Component, ComponentConfig
 
-__all__ = ["Head", "HeadConfig", "HeadMetric", "HeadOutput", "Overlay", "select_predictions",
-           "select_trigger_positions"]
+__all__ = ["Head", "HeadConfig", "HeadMetric", "HeadOutput", "Overlay", "match_targets", "select_predictions",
+           "select_trigger_positions", "targets_by_row"]
 
 
 class HeadConfig(ComponentConfig):
@@ -70,6 +71,50 @@ def select_trigger_positions(input_ids: torch.Tensor, trigger_id: int, select: s
     before = torch.zeros_like(is_trigger)
     before[:, :-1] = is_trigger[:, 1:]
     return before
+
+
+def targets_by_row(targets: Any, key: str) -> dict[int, list[torch.Tensor]]:
+    """A head's `targets` → batch row → that row's `key` targets in order (rows without any left out). Two forms:
+    what the data path gives (`Batch.targets`: key → `mmcore.sequence.TargetBatch`, masks cropped to their own
+    size), or one dict per batch row (`{"masks": [(H, W) array, ...]}`: hand-built batches, tests)."""
+    import numpy as np
+
+    if isinstance(targets, Mapping):  # values (K, ...), sample_index (K,), sizes (K, 2) or None
+        found: Any = targets.get(key)
+        rows: dict[int, list[torch.Tensor]] = {}
+        for k, row in enumerate([] if found is None else found.sample_index.tolist()):
+            value = found.values[k]
+            if getattr(found, "sizes", None) is not None:
+                height, width = (int(v) for v in found.sizes[k].tolist())
+                value = value[:height, :width]
+            rows.setdefault(int(row), []).append(value)
+        return rows
+    return {row: [v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for v in sample[key]]
+            for row, sample in enumerate(targets) if sample and sample.get(key) is not None}
+
+
+def match_targets(targets: Any, key: str, prompt_rows: torch.Tensor, head: str,
+                  trigger: str) -> list[torch.Tensor] | None:
+    """The target of each prompt, in prompt order — the j-th trigger of a row ↔ its j-th target (`prompt_rows`
+    (K,) holds each prompt's batch row); None when `targets` is None (inference: no loss). Every row with prompts
+    must have exactly as many targets (the data path skips and counts samples where they differ): a mismatch here
+    is a one-line error naming the row, never a silently dropped loss."""
+    if targets is None:
+        return None
+    by_row = targets_by_row(targets, key)
+    rows = prompt_rows.tolist()
+    for row in dict.fromkeys(rows):
+        triggers, have = rows.count(row), len(by_row.get(row, []))
+        if triggers != have:
+            raise MmcoreError(f"head '{head}': batch row {row} has {triggers} '{trigger}' trigger(s) but {have} "
+                              f"'{key}' target(s); each trigger needs exactly one target, in order (the data "
+                              f"path skips samples where they differ)")
+    cursor: dict[int, int] = {}
+    matched = []
+    for row in rows:
+        matched.append(by_row[row][cursor.get(row, 0)])
+        cursor[row] = cursor.get(row, 0) + 1
+    return matched
 
 
 def select_predictions(predictions: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:

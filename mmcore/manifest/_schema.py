@@ -72,6 +72,9 @@ class ModelSpec(_Strict):
     heads: dict[str, HeadSpec] = Field(default_factory=dict)
     retriever: RetrieverSpec | None = None
     max_length: PositiveInt | None = None  # the sequence budget; default min(2048, the LLM's positions)
+    # MiniGPT-v2's max_txt_len (minigpt_base.py tokenize_conversation / preparing_embedding): the tokens after the
+    # first question (its replies and later questions) are cut to this many; None: no such cut
+    max_reply_tokens: PositiveInt | None = None
 
 
 class LoraSpec(_Strict):

@@ -196,7 +196,8 @@ class Run:
                 assembly.template(name)
             except PluginError:
                 continue  # a broken template plugin only matters when asked for
-        return Processor.for_model(assembly.model, assembly.max_length, assembly.templates)
+        return Processor.for_model(assembly.model, assembly.max_length, assembly.templates,
+                                   max_reply=assembly.loaded.manifest.model.max_reply_tokens)
 
     # --- final weights ---------------------------------------------------------------------------
     def load_weights(self, model: Any) -> list[str]:

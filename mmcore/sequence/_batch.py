@@ -48,14 +48,9 @@ class TargetBatch:
 
     def rows(self) -> dict[int, list[torch.Tensor]]:
         """Batch row → its items in order (masks cropped to their own size)."""
-        out: dict[int, list[torch.Tensor]] = {}
-        for k, row in enumerate(self.sample_index.tolist()):
-            value = self.values[k]
-            if self.sizes is not None:
-                height, width = (int(s) for s in self.sizes[k].tolist())
-                value = value[:height, :width]
-            out.setdefault(int(row), []).append(value)
-        return out
+        from mmcore.kinds.head import targets_by_row
+
+        return targets_by_row({"items": self}, "items")
 
     @classmethod
     def from_rows(cls, rows: dict[int, list[Any]]) -> TargetBatch | None:

@@ -48,10 +48,12 @@ def _overlaps(spans: tuple[tuple[int, int], ...], start: int, end: int) -> bool:
 class SequenceBuilder:
     """Tokenizes pieces with media placeholders; `tokens_per_item[modality]` comes from assembly."""
 
-    def __init__(self, tokenizer: Any, tokens_per_item: dict[str, int], max_length: int) -> None:
+    def __init__(self, tokenizer: Any, tokens_per_item: dict[str, int], max_length: int,
+                 max_reply: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.tokens_per_item = dict(tokens_per_item)
         self.max_length = max_length
+        self.max_reply = max_reply  # [model] max_reply_tokens (MiniGPT-v2's max_txt_len)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         names = "|".join(re.escape(placeholder(m)) for m in tokens_per_item)
         self._split = re.compile(f"({names})") if names else None
@@ -142,6 +144,12 @@ class SequenceBuilder:
 
     def _truncate(self, encoded: Encoded, train: bool) -> Encoded:
         sid = encoded.sample_id
+        first = next((i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX), None)
+        if self.max_reply is not None and first is not None and len(encoded.input_ids) > first + self.max_reply:
+            # MiniGPT-v2 (minigpt_base.py tokenize_conversation): the regressed part — the first reply and every
+            # turn after it — is cut to max_txt_len tokens; the first question (with its image) is kept whole
+            encoded.input_ids = encoded.input_ids[: first + self.max_reply]
+            encoded.labels = encoded.labels[: first + self.max_reply]
         if len(encoded.input_ids) > self.max_length:
             media_end = max((start + length for _, start, length in encoded.media_spans), default=0)
             if media_end > self.max_length:

@@ -202,7 +202,8 @@ class Trainer:
             order, self.bounds[stage.name] = loader_draws(sizes, loaders, seed, steps * draws)
         else:
             order, steps = stage_order(epoch, stage.epochs, stage.max_steps, global_batch)
-        processor = Processor.for_model(self.model, self.assembly.max_length, self.assembly.templates, stage.preprocess)
+        processor = Processor.for_model(self.model, self.assembly.max_length, self.assembly.templates, stage.preprocess,
+                                        self.manifest.model.max_reply_tokens)
         return StageData(processor, datasets, order, stage.template), steps
 
     def _check_finite(self) -> None:

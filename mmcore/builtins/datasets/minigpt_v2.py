@@ -96,6 +96,9 @@ def _vg_regions(folder: Path) -> list[Any]:
     return regions
 
 
+VQA_ANSWER_LISTS = ("coco_vqa", "ok_vqa", "aok_vqa")  # records holding every annotator's answer
+
+
 def _answer_by_frequency(answers: list[str], rng: np.random.Generator) -> str:
     """coco_vqa_datasets.py: each distinct answer weighted by its share of the annotators' answers."""
     weights: dict[str, float] = {}
@@ -189,8 +192,10 @@ class MiniGPTv2Data(Dataset):
             raise SampleError(f"{where}: not a {fmt} record ({type(err).__name__}: {err})",
                               "malformed-record") from None
         media = {"image": [self.folder / image]} if image else {}
+        answers = record.get("direct_answers" if fmt == "aok_vqa" else "answer") if fmt in VQA_ANSWER_LISTS else None
+        targets = {"answers": [str(a) for a in answers]} if isinstance(answers, list) else {}  # VQA accuracy in eval
         return Sample(id=str(record.get("id", record.get("image_id", index))), conversation=conversation, media=media,
-                      task=task)
+                      targets=targets, task=task)
 
     def _region(self, region: dict[str, Any], rng: np.random.Generator) -> list[Turn]:
         """vg_dataset.py: the phrase → "{<x1><y1><x2><y2>}" in 0–100 of the image's size."""

@@ -19,11 +19,10 @@ from pydantic import Field
 from torch import nn
 
 from mmcore.errors import MmcoreError
-from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadConfig, HeadOutput, Overlay
+from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadConfig, HeadOutput, Overlay, match_targets
 from mmcore_plugin_box_decoder.geometry import ImageSizeView, pad_denormalize_xyxy, pad_normalize_xyxy
 from mmcore_plugin_box_decoder.losses import Normalisation, box_losses
 from mmcore_plugin_box_decoder.metrics import BoxPrecision
-from mmcore_plugin_box_decoder.targets import match_targets
 
 __all__ = ["BoxDecoderHead", "BoxDecoderHeadConfig"]
 

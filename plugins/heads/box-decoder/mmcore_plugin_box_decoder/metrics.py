@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from mmcore.kinds import match_targets
 from mmcore_plugin_box_decoder.geometry import pad_normalize_xyxy
-from mmcore_plugin_box_decoder.targets import match_targets
 
 __all__ = ["BoxPrecision", "paired_box_iou"]
 

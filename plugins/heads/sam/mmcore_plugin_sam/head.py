@@ -29,11 +29,10 @@ import torch
 from torch import nn
 
 from mmcore.errors import MmcoreError
-from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadOutput, MediaView, Overlay
+from mmcore.kinds import BuildContext, ComponentConfig, Head, HeadOutput, MediaView, Overlay, match_targets
 from mmcore_plugin_sam.config import SamArchitecture, SamMaskHeadConfig
 from mmcore_plugin_sam.losses import mask_losses
 from mmcore_plugin_sam.metrics import MaskIoU
-from mmcore_plugin_sam.targets import match_targets
 from mmcore_plugin_sam.view import SamView
 
 __all__ = ["SamMaskHead", "build_sam_modules", "unpad_masks"]

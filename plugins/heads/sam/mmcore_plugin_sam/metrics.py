@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from mmcore.errors import MmcoreError
-from mmcore_plugin_sam.targets import match_targets
+from mmcore.kinds import match_targets
 
 __all__ = ["IGNORE_LABEL", "MaskIoU", "intersection_union"]
 
