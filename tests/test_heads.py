@@ -195,19 +195,25 @@ def test_a_trigger_and_its_targets_must_pair(pipeline: Any, reply: str, masks: i
     assert caught.value.reason == reason
 
 
-def test_training_data_skips_and_counts_them(pipeline: Any, tmp_path: Path) -> None:
-    """In the data workers a llava-json record whose reply holds [SEG] (it has no targets) is skipped and counted as
-    trigger-without-target; the other records of the batch train."""
+def _seg_without_mask(folder: Path) -> Any:
+    """A llava-json dataset: record r0's reply holds [SEG] but the record has no mask; r1's reply has no trigger."""
     from mmcore.builtins.datasets.llava_json import LlavaJson
-    from mmcore.data import StageData
     from mmcore.kinds import BuildContext
 
-    _images(1)[0].save(tmp_path / "a.png")
+    _images(1)[0].save(folder / "a.png")
     records = [{"id": f"r{i}", "image": "a.png", "conversations": [
         {"from": "human", "value": "<image>\nSegment it."}, {"from": "gpt", "value": reply}]}
         for i, reply in enumerate(["Sure. Mask: [SEG].", "A shape."])]
-    (tmp_path / "d.json").write_text(json.dumps(records))
-    data = LlavaJson(LlavaJson.Config(path="d.json"), BuildContext(name="d", base_dir=tmp_path))
+    (folder / "d.json").write_text(json.dumps(records))
+    return LlavaJson(LlavaJson.Config(path="d.json"), BuildContext(name="d", base_dir=folder))
+
+
+def test_training_data_skips_and_counts_them(pipeline: Any, tmp_path: Path) -> None:
+    """In the data workers a llava-json record whose reply holds [SEG] (it has no targets) is skipped and counted as
+    trigger-without-target; the other records of the batch train."""
+    from mmcore.data import StageData
+
+    data = _seg_without_mask(tmp_path)
     stage = StageData(pipeline.processor, {"d": data}, [("d", 0), ("d", 1)], "llama2")
     loaded = stage.collate([stage[0], stage[1]])
     assert loaded.skipped == {"trigger-without-target": 1} and loaded.batch is not None
@@ -219,21 +225,13 @@ def test_eval_skips_and_counts_them(pipeline: Any, tmp_path: Path) -> None:
     (counted by reason under teacher_forced_skipped); its text answer is still scored."""
     from collections import Counter
 
-    from mmcore.builtins.datasets.llava_json import LlavaJson
+    from mmcore.builtins.codecs import HoneybeeBoxes
     from mmcore.eval._evaluate import evaluate
     from mmcore.eval._heads import HeadScores
-    from mmcore.kinds import BuildContext
+    from mmcore.kinds import BuildContext, ComponentConfig
 
-    _images(1)[0].save(tmp_path / "a.png")
-    records = [{"id": f"r{i}", "image": "a.png", "conversations": [
-        {"from": "human", "value": "<image>\nSegment it."}, {"from": "gpt", "value": reply}]}
-        for i, reply in enumerate(["Sure. Mask: [SEG].", "A shape."])]
-    (tmp_path / "d.json").write_text(json.dumps(records))
-    data = LlavaJson(LlavaJson.Config(path="d.json"), BuildContext(name="d", base_dir=tmp_path))
+    data = _seg_without_mask(tmp_path)
     skipped: Counter[str] = Counter()
-    from mmcore.builtins.codecs import HoneybeeBoxes
-    from mmcore.kinds import ComponentConfig
-
     codec = HoneybeeBoxes(ComponentConfig(), BuildContext(name="codec"))
     scores = HeadScores.of(pipeline.model)
     assert scores is not None
