@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +323,7 @@ def test_import_ullava_refuses_what_it_cannot_vouch_for(upstream: dict[str, Any]
 def _short(example: str, folder: Path, steps: int) -> Path:
     """An example cut to a few steps on small data, written beside a copy of nothing else."""
     text = (EXAMPLES / example).read_text()
-    text = text.replace("max_steps = 1000", f"max_steps = {steps}").replace("size = 20000", "size = 8")
+    text = re.sub(r"max_steps = \d+", f"max_steps = {steps}", text).replace("size = 20000", "size = 8")
     text = text.replace("batch_size = 16", "batch_size = 4").replace("size = 100", "size = 2")
     (folder / example).write_text(text)
     return folder / example
