@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from mmcore.errors import MmcoreError
 
-__all__ = ["load_component_weights", "load_into", "read_state_file", "save_component_weights"]
+__all__ = ["load_component_weights", "load_into", "read_pickle", "read_state_file", "save_component_weights"]
 
 
 def save_component_weights(modules: dict[str, nn.Module], folder: Path) -> list[Path]:
@@ -51,9 +52,25 @@ def _refusal(err: BaseException) -> str:
     return " ".join(reason.split()).rstrip(".")
 
 
+def read_pickle(path: Path) -> Any:
+    """What a torch pickle holds, read with `weights_only=True` only (tensors, containers, numbers, strings); one
+    line naming the file when torch refuses it or it cannot be read."""
+    return _read(path, safetensors=False)
+
+
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors, or from a torch pickle read with `weights_only=True` only
     (LLaVA's `mm_projector.bin`, `non_lora_trainables.bin`, `adapter_model.bin`)."""
+    state = _read(path, safetensors=path.suffix == ".safetensors")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MmcoreError(f"weights {path}: not a state dict (name → tensor); save one with "
+                          f"torch.save(module.state_dict())")
+    return state
+
+
+def _read(path: Path, safetensors: bool) -> Any:
     import pickle
     import warnings
 
@@ -61,11 +78,11 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        if path.suffix == ".safetensors":
+        if safetensors:
             return load_file(str(path))
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the verdict is ours
             warnings.simplefilter("ignore")
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise MmcoreError(f"weights {path}: refused by torch.load(weights_only=True): it holds more than tensors "
                           f"({_refusal(err)}); mmcore never unpickles arbitrary objects — convert it to safetensors "
@@ -73,12 +90,6 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, EOFError, ValueError, RuntimeError) as err:
         first = " ".join((str(err).strip().splitlines() or [type(err).__name__])[0].split())
         raise MmcoreError(f"weights {path}: cannot be read ({first}); re-download or re-save it") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MmcoreError(f"weights {path}: not a state dict (name → tensor); save one with "
-                          f"torch.save(module.state_dict())")
-    return state
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:

@@ -178,6 +178,22 @@ def test_ullava_json_res_records(ullava_files: Path) -> None:
     assert caught.value.reason == "malformed-record"
 
 
+def test_ullava_json_lines_skip_a_malformed_line(ullava_files: Path) -> None:
+    """A .jsonl file with a line that is not JSON: that record is `malformed-record` (skipped and counted by the
+    data path), the others read as they do from the .json array."""
+    from mmcore.errors import SampleError
+
+    records = json.loads((ullava_files / "res.json").read_text())
+    lines = [json.dumps(records[0]), "{not json", json.dumps(records[1])]
+    (ullava_files / "res.jsonl").write_text("\n".join(lines) + "\n")
+    data, whole = _ullava(ullava_files, "res.jsonl"), _ullava(ullava_files, "res.json")
+    assert len(data) == 3
+    with pytest.raises(SampleError) as caught:
+        data[1]
+    assert caught.value.reason == "malformed-record" and "res.jsonl:2" in str(caught.value)
+    assert data[2].targets["boxes"] == whole[1].targets["boxes"]
+
+
 def test_ullava_json_salient_records(ullava_files: Path) -> None:
     """Salient: the mask is label == 255, the box u-LLaVA's mask2bbox ([x, y, x + w - 1, y + h - 1]); the answer
     carries the tag and the explanation; `questions = "val"` asks u-LLaVA's evaluation question."""

@@ -19,7 +19,6 @@ are read with `weights_only=True` only.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import click
 import torch
 
+from mmcore.checkpoint import read_pickle
 from mmcore.errors import MmcoreError
 
 __all__ = ["import_minigpt_v2", "import_minigpt_v2_command", "lora_key"]
@@ -57,14 +57,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """("model" state, the saved `config.model` table) from a checkpoint read with weights_only=True."""
     if not path.is_file():
         raise MmcoreError(f"{path}: no such file; pass MiniGPT-v2's checkpoint_*.pth")
-    try:
-        saved = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise MmcoreError(f"{path}: not loadable with weights_only=True ({first[:160]}); mmcore never unpickles "
-                          f"arbitrary objects") from None
-    except (OSError, EOFError, ValueError) as err:
-        raise MmcoreError(f"{path}: cannot be read ({err}); re-download or re-save it") from None
+    saved = read_pickle(path)
     state = saved.get("model", saved) if isinstance(saved, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MmcoreError(f"{path}: not a MiniGPT checkpoint (a dict whose 'model' maps names to tensors)")

@@ -21,7 +21,6 @@ are read with `weights_only=True` only; rotary `inv_freq` buffers (transformers 
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 import click
 import torch
 
+from mmcore.checkpoint import read_state_file
 from mmcore.errors import MmcoreError
 
 __all__ = ["import_ullava", "import_ullava_command", "split_keys"]
@@ -51,39 +51,17 @@ class _Parts:
     ignored: list[str] = field(default_factory=list)
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise MmcoreError(f"{path}: not loadable with weights_only=True ({first[:160]}); mmcore never unpickles "
-                          f"arbitrary objects") from None
-    except (OSError, EOFError, ValueError) as err:
-        raise MmcoreError(f"{path}: cannot be read ({err}); re-download or re-save it") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MmcoreError(f"{path}: not a state dict (names → tensors)")
-    return state
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return _load_pickle(path)
-
-
 def _read_state(folder: Path) -> dict[str, torch.Tensor]:
     """Trainer._save's weights: one file, or the shards its index names (safetensors or pickles)."""
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (folder / single).is_file():
-            return _load_file(folder / single)
+            return read_state_file(folder / single)
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
             shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(_load_file(folder / shard))
+                state.update(read_state_file(folder / shard))
             return state
     raise MmcoreError(f"{folder}: no pytorch_model.bin, model.safetensors or shard index; pass the output_dir "
                       f"u-LLaVA's train_ullava.py wrote")
@@ -160,7 +138,7 @@ def _lora(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None
     if not found:
         raise MmcoreError(f"{folder}: adapter_config.json without adapter_model.bin; copy the adapter weights too")
     state = {}
-    for key, value in _load_file(found[0]).items():
+    for key, value in read_state_file(found[0]).items():
         module, _, tail = key.removeprefix("base_model.model.").rpartition(".lora_")
         state[f"model.{module}.lora_{tail.split('.')[0]}.default.weight"] = value
     targets = config.get("target_modules") or []

@@ -47,21 +47,22 @@ def _read_lines(path: Path, data: bytes) -> list[Any]:
     return records
 
 
-def _read(path: Path) -> list[Any]:
-    """Records of a .json array or .jsonl file."""
+def read_records(path: Path, kind: str = "llava-json") -> list[Any]:
+    """Records of a .json array or .jsonl file (`kind`: the dataset type, for messages). In a .jsonl file a
+    malformed line becomes a string marker the dataset raises as `malformed-record` (skipped, counted)."""
     if not path.is_file():
-        raise MmcoreError(f"llava-json path {path}: no such file; fix [data.datasets.*] path")
+        raise MmcoreError(f"{kind} path {path}: no such file; fix [data.datasets.*] path")
     data = path.read_bytes()
     if path.suffix == ".jsonl":
         return _read_lines(path, data)
     try:
         records = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise MmcoreError(f"llava-json {path}: not UTF-8 text (byte {err.start}); re-encode it as UTF-8") from None
+        raise MmcoreError(f"{kind} {path}: not UTF-8 text (byte {err.start}); re-encode it as UTF-8") from None
     except ValueError as err:
-        raise MmcoreError(f"llava-json {path}: not valid JSON ({err}); fix the file or use .jsonl") from None
+        raise MmcoreError(f"{kind} {path}: not valid JSON ({err}); fix the file or use .jsonl") from None
     if not isinstance(records, list):
-        raise MmcoreError(f"llava-json {path}: expected a JSON array of records")
+        raise MmcoreError(f"{kind} {path}: expected a JSON array of records")
     return records
 
 
@@ -99,7 +100,7 @@ class LlavaJson(Dataset):
         super().__init__(config, ctx)
         self.path = ctx.path(config.path)
         self.folder = ctx.path(config.image_folder)
-        records = _read(self.path)
+        records = read_records(self.path)
         self.records = records[: max(1, int(len(records) * config.portion))]
 
     @classmethod

@@ -22,7 +22,6 @@ reads the same in any worker. A record that is not this shape is a `SampleError`
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -30,7 +29,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from mmcore.errors import MmcoreError, SampleError
+from mmcore.builtins.datasets.llava_json import read_records
+from mmcore.errors import SampleError
 from mmcore.kinds import BuildContext, ComponentConfig, Dataset, Sample, Turn
 
 __all__ = ["ANSWER_TOKENS", "SEG_QUESTIONS", "SS_QUESTIONS", "UllavaJson", "UllavaJsonConfig", "answer",
@@ -127,21 +127,6 @@ class UllavaJsonConfig(ComponentConfig):
     seed: int = 42  # u-LLaVA BaseDataset seed (questions and sentences drawn per record from (seed, index))
 
 
-def _read(path: Path) -> list[Any]:
-    if not path.is_file():
-        raise MmcoreError(f"ullava-json path {path}: no such file; fix [data.datasets.*] path")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        records = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise MmcoreError(f"ullava-json {path}: not valid UTF-8 JSON ({err}); fix the file") from None
-    if not isinstance(records, list):
-        raise MmcoreError(f"ullava-json {path}: expected a JSON array of records")
-    return records
-
-
 class UllavaJson(Dataset):
     """u-LLaVA's RES and salient annotations → `Sample`s with `masks` and `boxes` targets (one per turn)."""
 
@@ -152,7 +137,7 @@ class UllavaJson(Dataset):
         super().__init__(config, ctx)
         self.path = ctx.path(config.path)
         self.folder = ctx.path(config.image_folder)
-        records = _read(self.path)
+        records = read_records(self.path, "ullava-json")
         self.records = records[: max(1, int(len(records) * config.portion))]
 
     @classmethod
@@ -173,6 +158,8 @@ class UllavaJson(Dataset):
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         where = f"{self.path} record {index}"
+        if isinstance(record, str):  # a malformed .jsonl line (read_records)
+            raise SampleError(record, "malformed-record")
         if not isinstance(record, dict):
             raise SampleError(f"{where}: a {type(record).__name__}, not an object", "malformed-record")
         kind = self.config.format
