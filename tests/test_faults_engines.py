@@ -240,3 +240,22 @@ def test_bad_multi_machine_options_are_one_line(args: list[str], message: str, t
     assert main(["train", str(run), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_the_rank_that_died_is_named_before_the_ranks_torchrun_stopped(tmp_path: Path) -> None:
+    """torchrun records the ranks it stopped with SIGTERM in the same second as the rank that died: the one line
+    names the rank killed with SIGKILL whatever the rank order; a SIGTERM alone is still named."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from mmcore.train._launch import root_cause
+
+    def failure(rank: int, exitcode: int) -> ProcessFailure:
+        return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file=str(tmp_path / "none"))
+
+    for killed in (0, 1):
+        stopped = 1 - killed
+        line = root_cause({killed: failure(killed, -signal.SIGKILL), stopped: failure(stopped, -signal.SIGTERM)},
+                          tmp_path)
+        assert line is not None and line.startswith(f"rank {killed} (pid {100 + killed})") and "SIGKILL" in line
+    alone = root_cause({1: failure(1, -signal.SIGTERM)}, tmp_path)
+    assert alone is not None and alone.startswith("rank 1") and "SIGTERM" in alone

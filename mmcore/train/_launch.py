@@ -76,10 +76,13 @@ def root_cause(failures: dict[int, Any], run: Path) -> str | None:
                  if rank in errors and not errors[rank]["mmcore"].get("lost_contact"))
     if own:
         return str(errors[own[0][1]]["message"])
-    died = sorted((f.timestamp, rank) for rank, f in failures.items() if rank not in errors and f.exitcode != 2)
+    # torchrun stops the surviving ranks with SIGTERM and records them too, stamped to the same second as the
+    # rank that died first: a SIGTERM'd rank is the cause only when nothing else died.
+    died = sorted((f.exitcode == -signal.SIGTERM, f.timestamp, rank) for rank, f in failures.items()
+                  if rank not in errors and f.exitcode != 2)
     lost = sorted((f.timestamp, rank) for rank, f in failures.items() if rank in errors)
     if died:
-        rank = died[0][1]
+        rank = died[0][2]
         failure = failures[rank]
         how = (f"ended by {signal.Signals(-failure.exitcode).name}" if failure.exitcode < 0
                else f"exit code {failure.exitcode}, its output above")
