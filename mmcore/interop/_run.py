@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mmcore.errors import MmcoreError
 
-__all__ = ["new_folder", "new_run"]
+__all__ = ["json_options", "new_folder", "new_run"]
 
 
 @contextmanager
@@ -44,3 +46,14 @@ def new_run(run: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(run, ignore_errors=True)
         raise
+
+
+def json_options(flag: str, text: str | None, keys: str, example: str) -> dict[str, Any]:
+    """A CLI flag's JSON object of component keys (`--sam-config '{"preset": "vit_b"}'`), or one line naming it."""
+    try:
+        options = json.loads(text) if text else {}
+    except ValueError as err:
+        raise MmcoreError(f"{flag}: not JSON ({err}); e.g. '{example}'") from None
+    if not isinstance(options, dict):
+        raise MmcoreError(f"{flag}: a JSON object of {keys} keys, e.g. '{example}'")
+    return options

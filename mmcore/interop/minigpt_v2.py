@@ -209,11 +209,8 @@ def _note(parts: _Parts, lora: dict[str, Any] | None, config: dict[str, Any]) ->
 def import_minigpt_v2_command(source: Path, output: Path, llm: str, vision: str | None,
                               vision_config: str | None) -> None:
     """A MiniGPT-v2 checkpoint_*.pth (llama_proj + peft-0.2.0 LoRA) with its base LLM and EVA tower."""
-    try:
-        options = json.loads(vision_config) if vision_config else {}
-    except ValueError as err:
-        raise MmcoreError(f"--vision-config: not JSON ({err}); e.g. '{{\"precision\": \"fp32\"}}'") from None
-    if not isinstance(options, dict):
-        raise MmcoreError("--vision-config: a JSON object of encoder keys, e.g. '{\"precision\": \"fp32\"}'")
+    from mmcore.interop._run import json_options
+
+    options = json_options("--vision-config", vision_config, "encoder", '{"precision": "fp32"}')
     import_minigpt_v2(source, output, llm, vision, options)
     click.echo(f"wrote {output} (next: mmcore generate {output} --image IMG --prompt '[vqa] ...')")

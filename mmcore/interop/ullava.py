@@ -269,11 +269,8 @@ def import_ullava_command(source: Path, output: Path, sam_config: str | None) ->
     """A u-LLaVA output_dir (llm.*, seg_projector.*, det_projector.*, det_decoder.*, visual_model.*, LoRA adapter)."""
     if not source.is_dir():
         raise MmcoreError(f"{source}: no such directory; pass u-LLaVA's output_dir")
-    try:
-        options = json.loads(sam_config) if sam_config else {}
-    except ValueError as err:
-        raise MmcoreError(f"--sam-config: not JSON ({err}); e.g. '{{\"preset\": \"vit_b\"}}'") from None
-    if not isinstance(options, dict):
-        raise MmcoreError("--sam-config: a JSON object of sam-mask keys, e.g. '{\"preset\": \"vit_b\"}'")
+    from mmcore.interop._run import json_options
+
+    options = json_options("--sam-config", sam_config, "sam-mask", '{"preset": "vit_b"}')
     import_ullava(source, output, options)
     click.echo(f"wrote {output} (next: mmcore generate {output} --image IMG --prompt 'segment the ...')")
